@@ -309,9 +309,10 @@ class TextTransformer(nn.Module):
             )
         state = state if state is not None else ForwardState(tower="text")
         state.eot_index = tokens.argmax(dim=-1)
-        x = self.token_embedding(tokens) + self.positional_embedding
-        for h in hooks:
+        x = self.token_embedding(tokens)
+        for h in hooks:  # before the positional embedding: inserted prompts take positions 1…n_ctx
             x = h.on_embed(x, state)
+        x = x + self.positional_embedding.to(x.dtype)
         x, _ = self.transformer(x, hooks, state, causal=True)
         x = self.ln_final(x)
         pooled = x[torch.arange(x.shape[0], device=x.device), state.eot_index]

@@ -89,7 +89,7 @@ def _torch_load(path: Path, trust: bool):
                 "trust_checkpoint=True (CLI: --trust-checkpoint)."
             ) from None
         raise CheckpointError(f"{path}: not a readable checkpoint (corrupt pickle: {e})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except Exception as e:  # torch/pickle raise many types (RuntimeError, EOFError, KeyError, ...) on bad bytes
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {msg}") from None
 
