@@ -153,9 +153,13 @@ def load_clip(
     """
     path = Path(source)
     if not path.exists():
+        text = str(source)
+        if path.suffix in (".pt", ".pth", ".bin", ".safetensors") or text.startswith((".", "/", "~")) \
+                or text.count("/") > 1:
+            raise CheckpointError(f"{source}: no such file or directory")
         from vclip.backbone import hub
 
-        path = hub.resolve_pretrained(str(source))
+        path = hub.resolve_pretrained(text)
     sd, cfg = _read_source(path, trust_checkpoint, activation)
     if config is not None:
         cfg = config
