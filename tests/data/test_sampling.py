@@ -1,0 +1,151 @@
+"""Frame sampling: every mode's indices against hand-computed values."""
+
+import numpy as np
+import pytest
+
+from vclip.data.sampling import (
+    FrameSampler,
+    apply_short_policy,
+    build_sampler,
+    dense_indices,
+    dense_sparse_indices,
+    segment_indices,
+    sparse_from_dense,
+)
+from vclip.errors import ConfigError
+
+
+class ConstRng:
+    """A stand-in generator: ``random`` returns a constant, ``integers`` the low or high end."""
+
+    def __init__(self, u: float):
+        self.u = u
+
+    def random(self, size):
+        return np.full(size, self.u)
+
+    def integers(self, low, high, size):
+        return np.full(size, low if self.u < 0.5 else high - 1)
+
+
+def test_segment_test_mode_centres():
+    # N = 100, T = 8: segment length 12.5, centres floor(12.5 k + 6.25) (= mmaction test mode)
+    idx = segment_indices(100, 8, test_mode=True)
+    assert idx.tolist() == [[6, 18, 31, 43, 56, 68, 81, 93]]
+    assert idx.dtype == np.int64
+
+
+def test_segment_test_multiclip_interleaves():
+    # N = 16, T = 4, J = 2: positions 1/4 and 3/4 of each 4-frame segment
+    idx = segment_indices(16, 4, test_mode=True, num_clips=2)
+    assert idx.tolist() == [[1, 5, 9, 13], [3, 7, 11, 15]]
+
+
+def test_segment_train_bounds_and_ends():
+    # u = 0 gives each segment's first frame, u -> 1 its last
+    assert segment_indices(100, 8, test_mode=False, rng=ConstRng(0.0)).tolist() == [
+        [0, 12, 25, 37, 50, 62, 75, 87]
+    ]
+    assert segment_indices(100, 8, test_mode=False, rng=ConstRng(0.999999)).tolist() == [
+        [12, 24, 37, 49, 62, 74, 87, 99]
+    ]
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        idx = segment_indices(37, 5, test_mode=False, rng=rng)[0]
+        for k, i in enumerate(idx):
+            assert np.floor(k * 37 / 5) <= i < np.ceil((k + 1) * 37 / 5)
+
+
+def test_segment_train_covers_all_frames():
+    # unlike mmaction's integer segments, the tail frames are reachable
+    rng = np.random.default_rng(1)
+    seen = set()
+    for _ in range(400):
+        seen.update(segment_indices(19, 4, test_mode=False, rng=rng).ravel().tolist())
+    assert seen == set(range(19))
+
+
+def test_segment_short_video_repeats_in_order():
+    # N = 3 < T = 8: floor((k + .5) * 3 / 8)
+    assert segment_indices(3, 8, test_mode=True).tolist() == [[0, 0, 0, 1, 1, 2, 2, 2]]
+    idx = segment_indices(3, 8, test_mode=False, rng=np.random.default_rng(0))[0]
+    assert (np.diff(idx) >= 0).all() and idx.max() <= 2
+
+
+def test_dense_test_centre_and_multiclip():
+    # span = 4 * 8 = 32; start = floor((100 - 32 + 1) / 2) = 34 (mmaction test mode)
+    assert dense_indices(100, 4, 8, test_mode=True).tolist() == [[34, 42, 50, 58]]
+    # span 8, room 93, starts floor(93 (j + .5) / 3) = 15, 46, 77
+    idx = dense_indices(100, 4, 2, test_mode=True, num_clips=3)
+    assert idx.tolist() == [[15, 17, 19, 21], [46, 48, 50, 52], [77, 79, 81, 83]]
+
+
+def test_dense_train_start_range():
+    assert dense_indices(100, 4, 8, test_mode=False, rng=ConstRng(0.0)).tolist() == [[0, 8, 16, 24]]
+    assert dense_indices(100, 4, 8, test_mode=False, rng=ConstRng(1.0)).tolist() == [[68, 76, 84, 92]]
+    rng = np.random.default_rng(0)
+    starts = {int(dense_indices(40, 4, 2, test_mode=False, rng=rng)[0, 0]) for _ in range(500)}
+    assert starts == set(range(0, 40 - 8 + 1))
+
+
+def test_dense_short_policies():
+    # N = 5, clip 4 x 2: positions 0 2 4 6
+    assert dense_indices(5, 4, 2, test_mode=True, short_policy="loop").tolist() == [[0, 2, 4, 1]]
+    assert dense_indices(5, 4, 2, test_mode=True, short_policy="repeat_last").tolist() == [[0, 2, 4, 4]]
+    assert apply_short_policy(np.array([0, 5, 11]), 5, "loop").tolist() == [0, 0, 1]
+    with pytest.raises(ConfigError):
+        apply_short_policy(np.array([0]), 5, "wrap")
+
+
+def test_dense_sparse():
+    # 64 frames, T = 4 sparse, alpha = 2 -> 8 segments of 8: centres 4, 12, ..., 60
+    dense, sparse = dense_sparse_indices(64, 4, 2, test_mode=True)
+    assert dense.tolist() == [[4, 12, 20, 28, 36, 44, 52, 60]]
+    assert sparse.tolist() == [[4, 20, 36, 52]]
+    assert np.array_equal(sparse_from_dense(dense, 2), sparse)
+    s = FrameSampler("dense_sparse", num_frames=4, alpha=2, test_mode=True)
+    assert s.clip_len == 8 and s.sparse_stride == 2
+    assert np.array_equal(s(64), dense)
+
+
+def test_sampler_test_mode_deterministic_without_rng():
+    for mode in ("segment", "dense", "dense_sparse"):
+        s = FrameSampler(mode, num_frames=4, interval=2, num_clips=4, test_mode=True)
+        a, b = s(57), s(57, np.random.default_rng(123))
+        assert a.shape == (4, s.clip_len) and np.array_equal(a, b)
+        assert s.deterministic
+
+
+def test_compat_random_test_clips():
+    s = FrameSampler("segment", num_frames=8, num_clips=4, test_mode=True, compat_random_test_clips=True)
+    assert not s.deterministic
+    a = s(300, np.random.default_rng(0))
+    b = s(300, np.random.default_rng(1))
+    assert a.shape == (4, 8) and not np.array_equal(a, b)
+    # each view is a train-mode draw: inside the segments, not the centres
+    train = segment_indices(300, 8, test_mode=False, num_clips=4, rng=np.random.default_rng(0))
+    assert np.array_equal(a, train)
+    with pytest.raises(ValueError):
+        s(300)  # needs an rng
+
+
+def test_train_needs_rng_and_is_seeded():
+    s = FrameSampler("segment", num_frames=8)
+    with pytest.raises(ValueError):
+        s(100)
+    assert np.array_equal(s(100, np.random.default_rng(5)), s(100, np.random.default_rng(5)))
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError):
+        FrameSampler("uniform")
+    with pytest.raises(ConfigError):
+        FrameSampler(short_policy="mirror")
+    with pytest.raises(ConfigError):
+        FrameSampler(num_frames=0)
+    with pytest.raises(ValueError):
+        segment_indices(0, 8, test_mode=True)
+    s = build_sampler({"mode": "dense", "num_frames": 16, "interval": 4}, test_mode=True, num_clips=2)
+    assert (s.mode, s.num_frames, s.interval, s.num_clips, s.test_mode) == ("dense", 16, 4, 2, True)
+    with pytest.raises(ConfigError):
+        build_sampler(None, frames=3)

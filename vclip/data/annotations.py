@@ -1,0 +1,476 @@
+"""Annotation readers: every format becomes a list of :class:`VideoRecord`.
+
+=====================  ===========================================================================
+reader                 format
+=====================  ===========================================================================
+read_split_file        X-CLIP / ViFi-CLIP / OST / TC-CLIP split files and mmaction2 video lists:
+                       ``<relpath> <label>`` per line; also mmaction2 rawframe lists
+                       ``<frame_dir> <total_frames> <label>`` (``fmt="rawframes"``, or detected)
+read_label_csv         label lists ``id,name`` (header required, ids 0..K-1 in row order)
+read_mmaction_json     mmaction2 JSON lists ``[{"filename"|"frame_dir", "label", "total_frames"?}]``
+read_kinetics_csv      Kinetics ``label,youtube_id,time_start,time_end,split`` → files
+                       ``<youtube_id>_<start:06d>_<end:06d>.mp4`` (``path_format`` changes that)
+read_ssv2_json         Something-Something v2 ``{"id", "template", ...}`` lists + the labels JSON
+                       (name → id); files ``<id>.webm``
+read_hmdb_splits       HMDB-51 official ``<class>_test_split<k>.txt`` (``<video>.avi <0|1|2>``)
+read_ucf_splits        UCF-101 ``classInd.txt`` + ``trainlist0k.txt`` / ``testlist0k.txt``
+=====================  ===========================================================================
+
+Labels are 0-based integers (the row of the label list). Every error is an
+:class:`~vclip.errors.AnnotationError` whose message starts with ``<file>:<line>:`` where a line is
+involved. Blank lines and lines starting with ``#`` are skipped in the text formats.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from vclip.errors import AnnotationError
+
+
+@dataclass
+class VideoRecord:
+    """One video: ``path`` (relative to the dataset root, or absolute), 0-based ``label`` (-1 when
+    unknown, e.g. unlabeled test lists), ``num_frames`` when the annotation states it (rawframes),
+    and format-specific extras in ``meta``."""
+
+    path: str
+    label: int
+    num_frames: int | None = None
+    meta: dict = field(default_factory=dict)
+
+
+def _err(path, lineno: int | None, msg: str) -> AnnotationError:
+    where = f"{path}:{lineno}" if lineno is not None else f"{path}"
+    return AnnotationError(f"{where}: {msg}")
+
+
+def _read_text(path) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().splitlines()
+    except FileNotFoundError:
+        raise AnnotationError(f"{path}: annotation file not found") from None
+    except UnicodeDecodeError as e:
+        raise AnnotationError(f"{path}: not a UTF-8 text file ({e.reason})") from None
+    except OSError as e:
+        raise AnnotationError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def _lines(path) -> Iterable[tuple[int, str]]:
+    for i, line in enumerate(_read_text(path), 1):
+        s = line.strip()
+        if s and not s.startswith("#"):
+            yield i, s
+
+
+def _int(tok: str, path, lineno, what: str) -> int:
+    try:
+        return int(tok)
+    except ValueError:
+        raise _err(path, lineno, f"{what} {tok!r} is not an integer") from None
+
+
+def _check_label(label: int, num_classes: int | None, path, lineno) -> None:
+    if label < 0 or (num_classes is not None and label >= num_classes):
+        bound = f" (the label list has {num_classes} classes)" if num_classes is not None else ""
+        raise _err(path, lineno, f"label {label} out of range{bound}")
+
+
+def name_key(name: str) -> str:
+    """Normalised class name for matching names across files: lower case, ``_``/``-`` as spaces,
+    single spaces (``brush_hair`` ↔ ``brush hair``)."""
+    return " ".join(re.sub(r"[_\-]+", " ", name).lower().split())
+
+
+def _name_index(class_names: Sequence[str], source) -> dict[str, int]:
+    index: dict[str, int] = {}
+    for i, n in enumerate(class_names):
+        k = name_key(n)
+        if k in index:
+            raise AnnotationError(f"{source}: class names {class_names[index[k]]!r} and {n!r} collide")
+        index[k] = i
+    return index
+
+
+# ------------------------------------------------------------------------------- label lists
+def read_label_csv(path) -> list[str]:
+    """``id,name`` CSV (header required; quoted names allowed) → class names in id order. Ids must
+    be ``0..K-1`` in row order (the peers use the row as the label)."""
+    rows = _read_text(path)
+    reader = csv.reader(rows)
+    names: list[str] = []
+    header_seen = False
+    for lineno, row in enumerate(reader, 1):
+        if not row or not "".join(row).strip():
+            continue
+        if not header_seen:
+            if [c.strip().lower() for c in row[:2]] != ["id", "name"]:
+                raise _err(path, lineno, f"expected the header 'id,name', got {','.join(row)!r}")
+            header_seen = True
+            continue
+        if len(row) < 2:
+            raise _err(path, lineno, f"expected 'id,name', got {','.join(row)!r}")
+        cid = _int(row[0].strip(), path, lineno, "class id")
+        name = ",".join(row[1:]).strip()  # an unquoted comma in a name stays part of it
+        if cid != len(names):
+            raise _err(path, lineno, f"class id {cid} out of order (expected {len(names)})")
+        if not name:
+            raise _err(path, lineno, "empty class name")
+        names.append(name)
+    if not header_seen:
+        raise _err(path, None, "empty label file (expected the header 'id,name')")
+    if not names:
+        raise _err(path, None, "no classes")
+    return names
+
+
+def write_label_csv(path, class_names: Sequence[str]) -> None:
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["id", "name"])
+        for i, n in enumerate(class_names):
+            w.writerow([i, n])
+
+
+def write_split_file(path, records: Iterable[VideoRecord]) -> None:
+    """Write ``relpath label`` lines (the X-CLIP format)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(f"{r.path} {r.label}\n")
+
+
+# ------------------------------------------------------------------------ split / list files
+def read_split_file(path, fmt: str = "auto", num_classes: int | None = None) -> list[VideoRecord]:
+    """Split files (``relpath label``) and mmaction2 lists.
+
+    ``fmt``: ``"video"`` — ``<path> <label>`` (the path may contain spaces: the label is the last
+    field); ``"rawframes"`` — ``<dir> <total_frames> <label>``; ``"auto"`` — rawframes when every line
+    has exactly three fields ending in two integers, else video. ``num_classes`` checks the range.
+    """
+    if fmt not in ("auto", "video", "rawframes"):
+        raise AnnotationError(f"{path}: unknown list format {fmt!r} (auto|video|rawframes)")
+    lines = list(_lines(path))
+    if fmt == "auto":
+        def looks_raw(s: str) -> bool:
+            parts = s.split()
+            return len(parts) == 3 and all(re.fullmatch(r"-?\d+", p) for p in parts[1:])
+
+        fmt = "rawframes" if lines and all(looks_raw(s) for _, s in lines) else "video"
+    records = []
+    for lineno, s in lines:
+        if fmt == "video":
+            parts = s.rsplit(None, 1)
+            if len(parts) != 2:
+                raise _err(path, lineno, f"expected '<path> <label>', got {s!r}")
+            rel, label_tok = parts
+            num = None
+        else:
+            parts = s.rsplit(None, 2)
+            if len(parts) != 3:
+                raise _err(path, lineno, f"expected '<frame_dir> <total_frames> <label>', got {s!r}")
+            rel, num_tok, label_tok = parts
+            num = _int(num_tok, path, lineno, "total_frames")
+            if num < 1:
+                raise _err(path, lineno, f"total_frames must be >= 1, got {num}")
+        label = _int(label_tok, path, lineno, "label")
+        _check_label(label, num_classes, path, lineno)
+        meta = {"source": f"{path}:{lineno}"}
+        if fmt == "rawframes":
+            meta["rawframes"] = True
+        records.append(VideoRecord(rel, label, num, meta))
+    return records
+
+
+def read_mmaction_json(path, num_classes: int | None = None) -> list[VideoRecord]:
+    """mmaction2 JSON list: ``[{"filename": ..., "label": int}, ...]`` (videos) or
+    ``[{"frame_dir": ..., "total_frames": int, "label": int}, ...]`` (rawframes)."""
+    data = _load_json(path)
+    if not isinstance(data, list):
+        raise _err(path, None, "expected a JSON list of objects")
+    records = []
+    for i, item in enumerate(data):
+        where = f"entry {i}"
+        if not isinstance(item, dict):
+            raise _err(path, None, f"{where}: expected an object")
+        rel = item.get("filename", item.get("frame_dir"))
+        if not isinstance(rel, str):
+            raise _err(path, None, f"{where}: missing 'filename' or 'frame_dir'")
+        label = item.get("label")
+        if isinstance(label, list):
+            if len(label) != 1:
+                raise _err(path, None, f"{where}: multi-label entries are not supported")
+            label = label[0]
+        if not isinstance(label, int):
+            raise _err(path, None, f"{where}: 'label' must be an integer, got {label!r}")
+        _check_label(label, num_classes, f"{path} ({where})", None)
+        num = item.get("total_frames")
+        meta = {"source": f"{path}[{i}]"}
+        if "frame_dir" in item:
+            meta["rawframes"] = True
+        records.append(VideoRecord(rel, label, int(num) if num is not None else None, meta))
+    return records
+
+
+def _load_json(path):
+    text = "\n".join(_read_text(path))
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _err(path, e.lineno, f"invalid JSON: {e.msg}") from None
+
+
+# ------------------------------------------------------------------------------------ Kinetics
+KINETICS_NAME = "{youtube_id}_{start:06d}_{end:06d}.mp4"
+
+
+def kinetics_filename(youtube_id: str, start, end, fmt: str = KINETICS_NAME, **extra) -> str:
+    """``-0ABC123_000010_000020.mp4`` for (``-0ABC123``, 10, 20): times as integer seconds,
+    zero-padded to 6 digits (the ActivityNet/CVDF downloader convention)."""
+    return fmt.format(youtube_id=youtube_id, start=int(float(start)), end=int(float(end)), **extra)
+
+
+def read_kinetics_csv(
+    path,
+    class_names: Sequence[str] | None = None,
+    path_format: str = KINETICS_NAME,
+    split: str | None = None,
+) -> tuple[list[VideoRecord], list[str]]:
+    """Kinetics CSV (``label,youtube_id,time_start,time_end,split[,is_cc]``; test CSVs may lack
+    ``label``) → ``(records, class_names)``.
+
+    Names map to ids through ``class_names`` (matched by :func:`name_key`, e.g. a label CSV) or, if
+    ``None``, through the sorted set of labels in the file (mmaction's convention). ``path_format``
+    may use ``{youtube_id} {start} {end} {label} {split}`` (e.g.
+    ``"{split}/{label}/{youtube_id}_{start:06d}_{end:06d}.mp4"`` for per-class folders). ``split``
+    keeps only rows of that split. Rows without a label get -1.
+    """
+    rows = _read_text(path)
+    reader = csv.reader(rows)
+    header = None
+    parsed = []
+    for lineno, row in enumerate(reader, 1):
+        if not row or not "".join(row).strip():
+            continue
+        if header is None:
+            header = [c.strip().lower() for c in row]
+            missing = {"youtube_id", "time_start", "time_end"} - set(header)
+            if missing:
+                raise _err(path, lineno, f"missing column(s) {sorted(missing)} in header {row}")
+            continue
+        if len(row) < len(header):
+            raise _err(path, lineno, f"expected {len(header)} fields, got {len(row)}")
+        d = dict(zip(header, (c.strip() for c in row)))
+        for key in ("time_start", "time_end"):
+            try:
+                float(d[key])
+            except ValueError:
+                raise _err(path, lineno, f"{key} {d[key]!r} is not a number") from None
+        if split is not None and d.get("split") != split:
+            continue
+        parsed.append((lineno, d))
+    if header is None:
+        raise _err(path, None, "empty file (expected a header with youtube_id,time_start,time_end)")
+    if class_names is None:
+        class_names = sorted({d["label"] for _, d in parsed if d.get("label")})
+    index = _name_index(class_names, path)
+    records = []
+    for lineno, d in parsed:
+        name = d.get("label", "")
+        if name:
+            label = index.get(name_key(name))
+            if label is None:
+                raise _err(path, lineno, f"label {name!r} is not in the class list")
+        else:
+            label = -1
+        rel = kinetics_filename(
+            d["youtube_id"], d["time_start"], d["time_end"], path_format,
+            label=name, split=d.get("split", ""),
+        )
+        meta = {"youtube_id": d["youtube_id"], "time_start": float(d["time_start"]),
+                "time_end": float(d["time_end"]), "split": d.get("split"), "source": f"{path}:{lineno}"}
+        records.append(VideoRecord(rel, label, None, meta))
+    return records, list(class_names)
+
+
+# --------------------------------------------------------------------------------------- SSv2
+def ssv2_class_name(template: str) -> str:
+    """``"Putting [something] on [something]"`` → ``"Putting something on something"``."""
+    return template.replace("[", "").replace("]", "")
+
+
+def read_ssv2_labels(path) -> list[str]:
+    """``something-something-v2-labels.json`` (``{name: "id"}``) → names in id order."""
+    data = _load_json(path)
+    if not isinstance(data, dict):
+        raise _err(path, None, "expected a JSON object {class name: id}")
+    names: dict[int, str] = {}
+    for name, cid in data.items():
+        try:
+            i = int(cid)
+        except (TypeError, ValueError):
+            raise _err(path, None, f"class {name!r}: id {cid!r} is not an integer") from None
+        if i in names:
+            raise _err(path, None, f"id {i} used by {names[i]!r} and {name!r}")
+        names[i] = name
+    if sorted(names) != list(range(len(names))):
+        raise _err(path, None, f"ids are not 0..{len(names) - 1}")
+    return [names[i] for i in range(len(names))]
+
+
+def read_ssv2_json(
+    path, labels, path_format: str = "{id}.webm"
+) -> tuple[list[VideoRecord], list[str]]:
+    """SSv2 train/validation JSON list (``[{"id", "label", "template", "placeholders"}]``; the test
+    list has only ``id`` → label -1) with ``labels`` (the labels JSON path or a list of names) →
+    ``(records, class_names)``. The class is the template without brackets."""
+    class_names = read_ssv2_labels(labels) if isinstance(labels, (str, os.PathLike)) else list(labels)
+    index = {n: i for i, n in enumerate(class_names)}
+    data = _load_json(path)
+    if not isinstance(data, list):
+        raise _err(path, None, "expected a JSON list of objects")
+    records = []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict) or "id" not in item:
+            raise _err(path, None, f"entry {i}: expected an object with an 'id'")
+        if "template" in item:
+            name = ssv2_class_name(str(item["template"]))
+            label = index.get(name)
+            if label is None:
+                raise _err(path, None, f"entry {i} (id {item['id']}): template class {name!r} not in the labels")
+        else:
+            label = -1
+        meta = {"source": f"{path}[{i}]"}
+        if "label" in item:
+            meta["caption"] = item["label"]
+        if "placeholders" in item:
+            meta["placeholders"] = item["placeholders"]
+        records.append(VideoRecord(path_format.format(id=item["id"]), label, None, meta))
+    return records, class_names
+
+
+# --------------------------------------------------------------------------------------- HMDB
+_HMDB_FILE = re.compile(r"^(?P<cls>.+)_test_split(?P<k>\d)\.txt$")
+
+
+def read_hmdb_splits(
+    split_dir,
+    split: int = 1,
+    subset: str = "test",
+    class_names: Sequence[str] | None = None,
+    path_format: str = "{class_dir}/{video}",
+) -> tuple[list[VideoRecord], list[str]]:
+    """HMDB-51 official split lists (``testTrainMulti_7030_splits``): one file per class,
+    ``<class>_test_split<k>.txt``, lines ``<video>.avi <0|1|2>`` (1 = train, 2 = test, 0 = unused).
+
+    ``subset`` "train" | "test". Class ids follow ``class_names`` (matched by :func:`name_key`, so
+    ``brush_hair`` ↔ ``brush hair``) or, when ``None``, the sorted class folder names. Paths follow
+    ``path_format`` with ``{class_dir}`` (the name in the file name) and ``{video}``.
+    """
+    want = {"train": "1", "test": "2"}.get(subset)
+    if want is None:
+        raise AnnotationError(f"HMDB subset must be 'train' or 'test', got {subset!r}")
+    split_dir = Path(split_dir)
+    if not split_dir.is_dir():
+        raise AnnotationError(f"{split_dir}: HMDB split folder not found")
+    files = {}
+    for p in sorted(split_dir.iterdir()):
+        m = _HMDB_FILE.match(p.name)
+        if m and int(m["k"]) == split:
+            files[m["cls"]] = p
+    if not files:
+        raise AnnotationError(f"{split_dir}: no '<class>_test_split{split}.txt' files")
+    if class_names is None:
+        class_names = sorted(files)
+    index = _name_index(class_names, split_dir)
+    records = []
+    for cls, p in sorted(files.items()):
+        label = index.get(name_key(cls))
+        if label is None:
+            raise AnnotationError(f"{p}: class {cls!r} is not in the class list")
+        for lineno, s in _lines(p):
+            parts = s.split()
+            if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+                raise _err(p, lineno, f"expected '<video> <0|1|2>', got {s!r}")
+            if parts[1] == want:
+                rel = path_format.format(class_dir=cls, video=parts[0])
+                records.append(VideoRecord(rel, label, None, {"source": f"{p}:{lineno}"}))
+    return records, list(class_names)
+
+
+# ---------------------------------------------------------------------------------------- UCF
+def read_ucf_classind(path) -> list[str]:
+    """``classInd.txt`` (``<1-based id> <ClassName>``) → names in id order."""
+    names: dict[int, str] = {}
+    for lineno, s in _lines(path):
+        parts = s.split()
+        if len(parts) != 2:
+            raise _err(path, lineno, f"expected '<id> <ClassName>', got {s!r}")
+        i = _int(parts[0], path, lineno, "class id")
+        if i != len(names) + 1:
+            raise _err(path, lineno, f"class id {i} out of order (expected {len(names) + 1})")
+        names[i] = parts[1]
+    if not names:
+        raise _err(path, None, "no classes")
+    return [names[i] for i in sorted(names)]
+
+
+def read_ucf_splits(
+    split_dir, split: int = 1, subset: str = "test", class_names: Sequence[str] | None = None
+) -> tuple[list[VideoRecord], list[str]]:
+    """UCF-101 ``ucfTrainTestlist``: ``classInd.txt``, ``trainlist0<k>.txt`` (``<Class>/<video>.avi
+    <1-based label>``), ``testlist0<k>.txt`` (``<Class>/<video>.avi``; the label comes from the
+    folder). Labels are 0-based; ``class_names`` (e.g. a label CSV) reorders them by name."""
+    if subset not in ("train", "test"):
+        raise AnnotationError(f"UCF subset must be 'train' or 'test', got {subset!r}")
+    split_dir = Path(split_dir)
+    ind = read_ucf_classind(split_dir / "classInd.txt")
+    names = list(class_names) if class_names is not None else ind
+    index = _name_index(names, split_dir)
+    remap = {}
+    for i, n in enumerate(ind):
+        j = index.get(name_key(n))
+        if j is None:
+            raise AnnotationError(f"{split_dir / 'classInd.txt'}: class {n!r} is not in the class list")
+        remap[i] = j
+    by_folder = {n: i for i, n in enumerate(ind)}
+    p = split_dir / f"{subset}list{split:02d}.txt"
+    records = []
+    for lineno, s in _lines(p):
+        parts = s.split()
+        rel = parts[0].replace("\\", "/")
+        folder = rel.split("/")[0] if "/" in rel else None
+        if len(parts) == 2:
+            one = _int(parts[1], p, lineno, "label")
+            if not 1 <= one <= len(ind):
+                raise _err(p, lineno, f"label {one} out of range 1..{len(ind)}")
+            label = one - 1
+            if folder is not None and by_folder.get(folder, label) != label:
+                raise _err(p, lineno, f"label {one} does not match folder {folder!r}")
+        elif len(parts) == 1:
+            if folder is None:
+                m = re.match(r"v_(.+?)_g\d+_c\d+", Path(rel).stem)
+                folder = m.group(1) if m else None
+            if folder not in by_folder:
+                raise _err(p, lineno, f"cannot tell the class of {rel!r}")
+            label = by_folder[folder]
+        else:
+            raise _err(p, lineno, f"expected '<Class>/<video>.avi [label]', got {s!r}")
+        records.append(VideoRecord(rel, remap[label], None, {"source": f"{p}:{lineno}"}))
+    return records, names
+
+
+# ------------------------------------------------------------------------------------ dispatch
+def load_annotations(path, fmt: str = "auto", **kwargs) -> list[VideoRecord]:
+    """Read a split/list file by format name: ``auto`` (``.json`` → mmaction JSON, else split
+    file), ``video``, ``rawframes``, ``mmaction_json``. Other formats return class names too: call
+    their readers directly."""
+    if fmt == "mmaction_json" or (fmt == "auto" and str(path).endswith(".json")):
+        return read_mmaction_json(path, **kwargs)
+    return read_split_file(path, fmt=fmt, **kwargs)
