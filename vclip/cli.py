@@ -17,8 +17,10 @@ from vclip.errors import VclipError
 
 # modules that define ``register(subparsers)``; imported lazily so `vclip --help` stays fast
 COMMAND_MODULES = [
-    "vclip.backbone.commands",
+    "vclip.engine.commands",
+    "vclip.demo",
     "vclip.data.commands",
+    "vclip.backbone.commands",
 ]
 
 

@@ -24,3 +24,7 @@ class AnnotationError(VclipError):
 
 class ConfigError(VclipError):
     """A config key or value is invalid."""
+
+
+class EvaluationError(VclipError):
+    """Evaluation results are inconsistent: videos missing, or reported twice with different scores."""

@@ -37,20 +37,26 @@ class EpochKeySampler(Sampler):
     def __init__(self, sampler: Sampler, epoch: int = 0):
         self.sampler = sampler
         self.epoch = int(epoch)
+        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def skip_first(self, n: int) -> None:
+        """Skip the first ``n`` keys of the next pass only (resuming mid-epoch)."""
+        self._skip = int(n)
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch = self.epoch
+        epoch, skip = self.epoch, self._skip
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
-        self.epoch = epoch + 1
-        for i in self.sampler:
-            yield (int(i), epoch)
+        self.epoch, self._skip = epoch + 1, 0
+        for pos, i in enumerate(self.sampler):
+            if pos >= skip:
+                yield (int(i), epoch)
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        return max(0, len(self.sampler) - self._skip)
 
 
 class ExactDistributedSampler(Sampler):

@@ -1,0 +1,308 @@
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from vclip.engine import checkpoint as ckpt
+from vclip.engine.checkpoint import CheckpointManager, capture_rng_state, load_checkpoint, restore_rng_state
+from vclip.engine.optim import WarmupCosine, build_optimizer
+from vclip.errors import CheckpointError
+
+
+def model_state(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(8, 4, generator=g)
+    return {
+        "visual.proj": w,
+        "text.token_embedding.weight": w,                 # tied: same storage
+        "visual.ln.weight": torch.randn(4, generator=g).half(),
+        "mit.fc.weight": torch.randn(3, 3, generator=g).bfloat16(),
+        "counter": torch.tensor([seed, 2, 3], dtype=torch.int64),
+        "transposed": torch.randn(4, 6, generator=g).t(),  # non-contiguous
+    }
+
+
+def train_state(step=10):
+    m = nn.Linear(4, 3)
+    opt = build_optimizer(m, lr=1e-3, weight_decay=0.01)
+    sched = WarmupCosine(opt, total_steps=100, warmup_steps=5, min_lr=1e-5)
+    for _ in range(3):
+        m(torch.randn(2, 4)).sum().backward()
+        opt.step()
+        sched.step()
+    scaler = torch.amp.GradScaler("cpu", enabled=True)
+    return {
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": capture_rng_state(),
+        "sampler": {"epoch": 2, "seed": 1024, "position": 17},
+        "step": step,
+        "epoch": 2,
+    }
+
+
+def assert_same(a, b, path="x"):
+    assert type(a) is type(b) or (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple))), path
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert list(a) == list(b), path
+        for k in a:
+            assert_same(a[k], b[k], f"{path}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{path}[{i}]")
+    else:
+        assert a == b or (a != a and b != b), path
+
+
+def save(mgr, step, metric=None, **kw):
+    return mgr.save("last", model_state=model_state(step), train_state=train_state(step),
+                    meta={"step": step, "epoch": step // 10, "metric": metric, "config_hash": "abc123"}, **kw)
+
+
+def test_round_trip_exact(tmp_path):
+    mgr = CheckpointManager(tmp_path)
+    ms, ts = model_state(3), train_state(30)
+    path = mgr.save("last", model_state=ms, train_state=ts,
+                    meta={"step": 30, "epoch": 3, "metric": 0.25, "config_hash": "abc"})
+    assert path == tmp_path / "checkpoints" / "last"
+    assert sorted(p.name for p in path.iterdir()) == ["meta.json", "model.safetensors", "train_state.pt"]
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["last"]  # no temp dirs left
+    assert mgr.latest() == path
+
+    ms2, ts2, meta = mgr.load(path)
+    assert set(ms2) == set(ms)
+    for k in ms:
+        assert ms2[k].dtype == ms[k].dtype and torch.equal(ms2[k], ms[k]), k
+    assert_same(ts, ts2)
+    assert meta["step"] == 30 and meta["epoch"] == 3 and meta["metric"] == 0.25 and meta["config_hash"] == "abc"
+    assert meta["tag"] == "last" and isinstance(meta["time"], float)
+    assert set(meta["files"]) == {"model.safetensors", "train_state.pt"}
+    # the train state is a plain weights-only file
+    torch.load(path / "train_state.pt", weights_only=True)
+    # load() without a path resumes the latest; a file inside the directory works too
+    assert mgr.load()[2]["step"] == 30
+    assert load_checkpoint(path / "meta.json")[2]["step"] == 30
+
+
+def test_state_restores_optimizer_and_scheduler(tmp_path):
+    m = nn.Linear(4, 3)
+    opt = build_optimizer(m, lr=1e-3, weight_decay=0.01)
+    sched = WarmupCosine(opt, total_steps=50, warmup_steps=5, min_lr=0.0)
+    for _ in range(7):
+        opt.zero_grad()
+        m(torch.ones(2, 4)).sum().backward()
+        opt.step()
+        sched.step()
+    mgr = CheckpointManager(tmp_path)
+    mgr.save("last", model_state=m.state_dict(), train_state={"optimizer": opt.state_dict(),
+             "scheduler": sched.state_dict()}, meta={"step": 7})
+    ms, ts, _ = mgr.load()
+    m2 = nn.Linear(4, 3)
+    m2.load_state_dict(ms)
+    opt2 = build_optimizer(m2, lr=1e-3, weight_decay=0.01)
+    sched2 = WarmupCosine(opt2, total_steps=50, warmup_steps=5, min_lr=0.0)
+    opt2.load_state_dict(ts["optimizer"])
+    sched2.load_state_dict(ts["scheduler"])
+    for mm, o, s in ((m, opt, sched), (m2, opt2, sched2)):
+        o.zero_grad()
+        mm(torch.ones(2, 4)).sum().backward()
+        o.step()
+        s.step()
+    for a, b in zip(m.parameters(), m2.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_crash_in_writer_keeps_previous(tmp_path, monkeypatch):
+    mgr = CheckpointManager(tmp_path)
+    save(mgr, 10)
+
+    def broken_save(obj, f, *a, **k):
+        f.write(b"PK\x03\x04 half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save(mgr, 20)
+    monkeypatch.undo()
+    assert mgr.latest() == tmp_path / "checkpoints" / "last"
+    ms, ts, meta = mgr.load(mgr.latest())
+    assert meta["step"] == 10 and ts["step"] == 10 and torch.equal(ms["counter"], model_state(10)["counter"])
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["last"]
+
+
+def test_crash_at_rename_keeps_previous(tmp_path, monkeypatch):
+    mgr = CheckpointManager(tmp_path)
+    save(mgr, 10)
+    real = os.replace
+
+    def replace(src, dst):
+        if os.path.basename(str(src)).startswith(".tmp-"):
+            raise OSError("simulated crash while moving the new checkpoint in")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="simulated"):
+        save(mgr, 20)
+    monkeypatch.undo()
+    assert mgr.load(mgr.latest())[2]["step"] == 10
+
+
+def test_killed_between_renames_falls_back(tmp_path):
+    """State a SIGKILL between `last → .old-last-*` and `.tmp-last-* → last` leaves behind."""
+    mgr = CheckpointManager(tmp_path)
+    save(mgr, 10)
+    d = tmp_path / "checkpoints"
+    os.replace(d / "last", d / ".old-last-0123")
+    (d / ".tmp-last-4567").mkdir()
+    (d / ".tmp-last-4567" / "model.safetensors").write_bytes(b"partial")
+    assert mgr.latest() == d / ".old-last-0123"
+    assert mgr.load()[2]["step"] == 10
+    save(mgr, 20)  # the next save cleans everything up
+    assert sorted(p.name for p in d.iterdir()) == ["last"]
+    assert mgr.load()[2]["step"] == 20
+
+
+def test_sigkill_during_saves_never_leaves_a_broken_last(tmp_path):
+    """A real process killed with SIGKILL at a random moment while saving in a loop."""
+    script = textwrap.dedent(f"""
+        import sys, torch
+        from vclip.engine.checkpoint import CheckpointManager
+        mgr = CheckpointManager({str(tmp_path)!r})
+        for step in range(10_000):
+            w = torch.full((1_000_000,), float(step))
+            mgr.save("last", model_state={{"w": w}}, train_state={{"step": step, "m": w.clone()}},
+                     meta={{"step": step}}, is_best=step % 3 == 0)
+            print(step, flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        for _ in range(3):                      # wait until it has saved a few times
+            line = proc.stdout.readline()
+            assert line, "the saving process died"
+        time.sleep(random.Random(0).uniform(0.0, 0.05))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    mgr = CheckpointManager(tmp_path)
+    for found in (mgr.latest(), mgr.find("best")):
+        assert found is not None
+        ms, ts, meta = mgr.load(found)
+        step = meta["step"]
+        assert ts["step"] == step and bool((ms["w"] == step).all()) and bool((ts["m"] == step).all())
+
+
+def test_best_kept(tmp_path):
+    mgr = CheckpointManager(tmp_path)
+    assert mgr.best_metric() is None and mgr.is_better(0.1)
+    save(mgr, 1, metric=0.5, is_best=mgr.is_better(0.5))
+    save(mgr, 2, metric=0.4, is_best=mgr.is_better(0.4))
+    assert mgr.best_metric() == 0.5
+    assert mgr.load(mgr.find("best"))[2]["step"] == 1
+    assert mgr.load(mgr.latest())[2]["step"] == 2
+    save(mgr, 3, metric=0.7, is_best=mgr.is_better(0.7))
+    _, ts, meta = mgr.load(tmp_path / "checkpoints" / "best")
+    assert meta["step"] == 3 and meta["tag"] == "best" and ts["step"] == 3
+    assert mgr.best_metric() == 0.7
+    assert not mgr.is_better(float("nan")) and not mgr.is_better(None)
+    assert mgr.is_better(0.1, mode="min")
+    # best and last are independent directories: replacing last leaves best intact
+    save(mgr, 4, metric=0.1)
+    assert mgr.load(mgr.find("best"))[2]["step"] == 3
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best", "last"]
+
+
+def test_rng_restore_reproduces():
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    state = capture_rng_state()
+
+    def draw():
+        return (random.random(), random.gauss(0, 1), np.random.rand(3).tolist(), np.random.randn(),
+                torch.rand(3).tolist())
+
+    first = draw()
+    draw()
+    restore_rng_state(state)
+    assert draw() == first
+
+
+def test_rng_restore_through_checkpoint(tmp_path):
+    np.random.randn()  # leaves a cached gaussian in numpy's state
+    state = capture_rng_state()
+    mgr = CheckpointManager(tmp_path)
+    mgr.save("last", model_state={}, train_state={"rng": state}, meta={"step": 0})
+    first = (random.random(), np.random.randn(2).tolist(), torch.randn(2).tolist())
+    _, ts, _ = mgr.load()
+    restore_rng_state(ts["rng"])
+    assert (random.random(), np.random.randn(2).tolist(), torch.randn(2).tolist()) == first
+
+
+def test_corrupt_files_are_named(tmp_path):
+    mgr = CheckpointManager(tmp_path)
+    path = save(mgr, 10)
+    weights, state, meta = path / "model.safetensors", path / "train_state.pt", path / "meta.json"
+
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: truncated"):
+        mgr.load(path)
+    weights.write_bytes(good)
+
+    good_state = state.read_bytes()
+    bad = bytearray(good_state)
+    bad[len(bad) // 2] ^= 0xFF
+    state.write_bytes(bytes(bad))
+    with pytest.raises(CheckpointError, match=r"train_state\.pt: corrupted"):
+        mgr.load(path)
+    # without the hash check the reader itself still reports the file by name
+    state.write_bytes(good_state[:100] + b"\0" * (len(good_state) - 100))
+    with pytest.raises(CheckpointError, match=r"train_state\.pt: cannot read"):
+        mgr.load(path, verify=False)
+    state.write_bytes(good_state)
+    weights.write_bytes(b"\xff" * len(good))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: cannot read"):
+        mgr.load(path, verify=False)
+    weights.write_bytes(good)
+    mgr.load(path)
+
+    meta_text = meta.read_text()
+    meta.write_text(meta_text[:20])
+    with pytest.raises(CheckpointError, match=r"meta\.json: unreadable"):
+        mgr.load(path)
+    meta.unlink()
+    with pytest.raises(CheckpointError, match="incomplete checkpoint"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nope")
+    assert CheckpointManager(tmp_path / "empty").latest() is None
+    with pytest.raises(CheckpointError, match="no complete checkpoint"):
+        CheckpointManager(tmp_path / "empty").load()
+
+
+def test_rejects_non_plain_train_state(tmp_path):
+    mgr = CheckpointManager(tmp_path)
+    with pytest.raises(TypeError, match=r"train_state\['sampler'\]\['perm'\]: numpy.ndarray"):
+        mgr.save("last", model_state={}, train_state={"sampler": {"perm": np.arange(3)}}, meta={})
+    with pytest.raises(TypeError, match=r"train_state\['metric'\]: numpy.float64"):
+        mgr.save("last", model_state={}, train_state={"metric": np.float64(1.0)}, meta={})
+    with pytest.raises(TypeError, match="JSON"):
+        mgr.save("last", model_state={}, train_state={}, meta={"x": object()})
+    with pytest.raises(ValueError, match="tag"):
+        mgr.save("../x", model_state={}, train_state={}, meta={})
+    assert mgr.latest() is None

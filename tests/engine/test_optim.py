@@ -1,0 +1,198 @@
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from vclip.engine.optim import WarmupCosine, build_optimizer, param_groups, warmup_cosine_lr
+from vclip.errors import ConfigError
+
+
+class Toy(nn.Module):
+    """Names shaped like CLIP + a method's new modules."""
+
+    def __init__(self):
+        super().__init__()
+        self.visual = nn.Module()
+        self.visual.conv1 = nn.Conv2d(3, 4, 2, bias=False)                       # clip / decay
+        self.visual.class_embedding = nn.Parameter(torch.zeros(4))                # clip / no (1-D)
+        self.visual.positional_embedding = nn.Parameter(torch.zeros(5, 4))        # clip / no (name)
+        self.visual.ln_pre = nn.LayerNorm(4)                                      # clip / no, no
+        self.visual.proj = nn.Parameter(torch.zeros(4, 4))                        # clip / decay
+        self.text_frozen = nn.Linear(4, 4)                                        # frozen: left out
+        self.text_frozen.requires_grad_(False)
+        self.logit_scale = nn.Parameter(torch.ones([]))                           # clip / no (0-d)
+        self.mit = nn.Linear(4, 4)                                                # new / decay, no
+        self.prompts = nn.Module()
+        self.prompts.position_embedding = nn.Parameter(torch.zeros(3, 4))         # new / no (name)
+        self.prompts.mlp = nn.Linear(4, 4, bias=True)                             # new / decay, no
+
+
+def is_new(name):
+    return name.startswith(("mit.", "prompts."))
+
+
+def groups_by_name(groups):
+    return {g["name"]: g for g in groups}
+
+
+def test_param_groups_split():
+    m = Toy()
+    groups = param_groups(m, lr=1e-3, weight_decay=0.05, lr_mult_new=10.0, is_new=is_new)
+    g = groups_by_name(groups)
+    assert [x["name"] for x in groups] == ["clip/decay", "clip/no_decay", "new/decay", "new/no_decay"]
+    assert sorted(g["clip/decay"]["param_names"]) == ["visual.conv1.weight", "visual.proj"]
+    assert sorted(g["clip/no_decay"]["param_names"]) == sorted([
+        "visual.class_embedding", "visual.positional_embedding", "visual.ln_pre.weight",
+        "visual.ln_pre.bias", "logit_scale"])
+    assert sorted(g["new/decay"]["param_names"]) == ["mit.weight", "prompts.mlp.weight"]
+    assert sorted(g["new/no_decay"]["param_names"]) == sorted([
+        "mit.bias", "prompts.position_embedding", "prompts.mlp.bias"])
+    for name, grp in g.items():
+        new = name.startswith("new")
+        assert grp["lr"] == pytest.approx(1e-2 if new else 1e-3)
+        assert grp["lr_mult"] == (10.0 if new else 1.0)
+        assert grp["weight_decay"] == (0.05 if name.endswith("/decay") else 0.0)
+        assert len(grp["params"]) == len(grp["param_names"])
+    # every trainable parameter exactly once, frozen ones never
+    ids = [id(p) for grp in groups for p in grp["params"]]
+    assert len(ids) == len(set(ids))
+    assert set(ids) == {id(p) for p in m.parameters() if p.requires_grad}
+
+
+def test_wrapper_prefixes_are_ignored():
+    wrapper = nn.Module()
+    wrapper.module = nn.Module()
+    wrapper.module._orig_mod = Toy()
+    a = groups_by_name(param_groups(wrapper, lr=1.0, weight_decay=0.1, is_new=is_new))
+    b = groups_by_name(param_groups(Toy(), lr=1.0, weight_decay=0.1, is_new=is_new))
+    assert {k: sorted(g["param_names"]) for k, g in a.items()} == {k: sorted(g["param_names"]) for k, g in b.items()}
+
+
+def test_empty_groups_omitted_and_default_all_clip():
+    m = nn.Linear(3, 3, bias=False)
+    groups = param_groups(m, lr=1.0, weight_decay=0.1)
+    assert [g["name"] for g in groups] == ["clip/decay"]
+
+
+def test_build_optimizer():
+    m = Toy()
+    opt = build_optimizer(m, lr=8e-6, weight_decay=0.001, is_new=is_new)
+    assert isinstance(opt, torch.optim.AdamW)
+    assert opt.defaults["betas"] == (0.9, 0.98) and opt.defaults["eps"] == 1e-8
+    assert not opt.defaults.get("fused")  # CPU parameters: not fused
+    assert [g["name"] for g in opt.param_groups] == ["clip/decay", "clip/no_decay", "new/decay", "new/no_decay"]
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([8e-6, 8e-6, 8e-5, 8e-5])
+    # one step, then the state dict is loadable weights-only
+    loss = sum(p.sum() for p in m.parameters() if p.requires_grad)
+    loss.backward()
+    opt.step()
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    opt2 = build_optimizer(Toy(), lr=8e-6, weight_decay=0.001, is_new=is_new)
+    opt2.load_state_dict(torch.load(buf, weights_only=True))
+
+
+def test_build_optimizer_errors():
+    m = nn.Linear(2, 2).requires_grad_(False)
+    with pytest.raises(ConfigError, match="no trainable parameters"):
+        build_optimizer(m, lr=1e-3, weight_decay=0.0)
+    with pytest.raises(ConfigError, match="weight_decay"):
+        param_groups(nn.Linear(2, 2), lr=1e-3, weight_decay=-1)
+
+
+LR, MIN, TOTAL, WARM = 1e-3, 1e-5, 100, 10
+
+
+def make_sched(lr=LR):
+    m = Toy()
+    opt = build_optimizer(m, lr=lr, weight_decay=0.0, is_new=is_new)
+    return m, opt, WarmupCosine(opt, total_steps=TOTAL, warmup_steps=WARM, min_lr=MIN)
+
+
+def lrs_at(opt, sched, step):
+    while sched.last_epoch < step:
+        opt.step()
+        sched.step()
+    return [g["lr"] for g in opt.param_groups]  # [clip, clip, new, new]
+
+
+@pytest.mark.parametrize("step, clip_lr, new_lr", [
+    (0, 0.0, 0.0),                                          # warm-up starts at 0
+    (5, 5e-4, 5e-3),                                        # half-way through warm-up
+    (10, 1e-3, 1e-2),                                       # end of warm-up: the base LRs
+    (55, 1e-5 + 0.5 * (1e-3 - 1e-5), 1e-5 + 0.5 * (1e-2 - 1e-5)),   # half-way through the cosine
+    (100, 1e-5, 1e-5),                                      # end: the absolute floor for both
+    (130, 1e-5, 1e-5),                                      # past the end: stays at the floor
+])
+def test_warmup_cosine_values(step, clip_lr, new_lr):
+    _, opt, sched = make_sched()
+    got = lrs_at(opt, sched, step)
+    assert got == pytest.approx([clip_lr, clip_lr, new_lr, new_lr], rel=1e-12, abs=1e-15)
+    assert sched.get_last_lr() == pytest.approx(got)
+
+
+def test_warmup_cosine_quarter_point():
+    # warm-up 10, cosine over 4 steps: step 11 is a quarter of the way, min + (base - min)(1 + cos(pi/4))/2
+    kw = dict(base_lr=LR, total_steps=14, warmup_steps=10, min_lr=MIN)
+    assert warmup_cosine_lr(10, **kw) == LR
+    assert warmup_cosine_lr(11, **kw) == pytest.approx(MIN + (LR - MIN) * (1 + math.sqrt(0.5)) / 2, rel=1e-12)
+    assert warmup_cosine_lr(13, **kw) == pytest.approx(MIN + (LR - MIN) * (1 - math.sqrt(0.5)) / 2, rel=1e-12)
+    assert warmup_cosine_lr(14, **kw) == MIN
+
+
+def test_no_warmup_starts_at_base():
+    m = Toy()
+    opt = build_optimizer(m, lr=LR, weight_decay=0.0)
+    WarmupCosine(opt, total_steps=10, warmup_steps=0, min_lr=0.0)
+    assert all(g["lr"] == LR for g in opt.param_groups)
+
+
+def test_monotone_and_continuous():
+    lrs = [warmup_cosine_lr(s, base_lr=1.0, total_steps=50, warmup_steps=7, min_lr=0.01) for s in range(60)]
+    assert all(b >= a for a, b in zip(lrs[:7], lrs[1:8]))        # rising through warm-up
+    assert all(b <= a for a, b in zip(lrs[7:], lrs[8:]))         # falling afterwards
+    assert max(lrs) == 1.0 and lrs[-1] == 0.01
+
+
+def test_scheduler_state_roundtrip_any_order():
+    m, opt, sched = make_sched()
+    lrs_at(opt, sched, 37)
+    want_now = [g["lr"] for g in opt.param_groups]
+    buf = io.BytesIO()
+    torch.save({"opt": opt.state_dict(), "sched": sched.state_dict()}, buf)
+
+    # restore: optimizer state first, then a fresh scheduler, then its state
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    _, opt2, _ = make_sched(lr=LR)
+    opt2.load_state_dict(state["opt"])
+    sched2 = WarmupCosine(opt2, total_steps=TOTAL, warmup_steps=WARM, min_lr=MIN)
+    sched2.load_state_dict(state["sched"])
+    assert [g["lr"] for g in opt2.param_groups] == pytest.approx(want_now)
+    # ... and the scheduler first, then the optimizer
+    _, opt3, sched3 = make_sched(lr=LR)
+    sched3.load_state_dict(state["sched"])
+    opt3.load_state_dict(state["opt"])
+    assert [g["lr"] for g in opt3.param_groups] == pytest.approx(want_now)
+    # both continue exactly like the original
+    for o, s in ((opt, sched), (opt2, sched2), (opt3, sched3)):
+        o.step()
+        s.step()
+    assert [g["lr"] for g in opt2.param_groups] == pytest.approx([g["lr"] for g in opt.param_groups])
+    assert [g["lr"] for g in opt3.param_groups] == pytest.approx([g["lr"] for g in opt.param_groups])
+    assert sched2.last_epoch == sched.last_epoch == 38
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"total_steps": 0, "warmup_steps": 0, "min_lr": 0.0}, "total_steps"),
+    ({"total_steps": 10, "warmup_steps": 10, "min_lr": 0.0}, "warmup_steps"),
+    ({"total_steps": 10, "warmup_steps": -1, "min_lr": 0.0}, "warmup_steps"),
+    ({"total_steps": 10, "warmup_steps": 1, "min_lr": -1.0}, "min_lr"),
+])
+def test_scheduler_errors(kwargs, match):
+    opt = build_optimizer(nn.Linear(2, 2), lr=1e-3, weight_decay=0.0)
+    with pytest.raises(ConfigError, match=match):
+        WarmupCosine(opt, **kwargs)

@@ -1,0 +1,327 @@
+"""Run configuration: typed dataclasses, YAML files with inheritance, command-line overrides.
+
+A config file is YAML with the sections of ``RunConfig`` (``model``, ``data``, ``train``, ``eval``
+and a few top-level keys). ``base: other.yaml`` (or a list) inherits from other files, resolved
+relative to the file that names them; later files and then ``key.sub=value`` overrides win.
+Validation names the dotted key: unknown keys (with a suggestion), wrong types, and impossible
+combinations. The resolved config is written into every run directory as ``config.yaml``.
+
+    cfg = load_config(["configs/demo/clip_mean.yaml"], ["train.epochs=3", "data.num_frames=16"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from vclip.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    #: method name, a key of ``vclip.methods.METHODS``
+    method: str = "clip"
+    #: architecture used for random initialisation when ``pretrained`` is empty
+    arch: str = "ViT-B-16"
+    #: pretrained CLIP: a name (openai/ViT-B-16), hub id, file or directory
+    pretrained: Optional[str] = None
+    trust_checkpoint: bool = False
+    #: prompt templates for class names ("{}" = the bare name; "@actionclip16" = a preset);
+    #: several = ensemble; None = the method's default
+    templates: Optional[list[str]] = None
+    freeze_text: bool = False
+    freeze_vision: bool = False
+    grad_checkpointing: bool = False
+    #: method-specific options, validated against the method's ``Options`` dataclass
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class AugConfig:
+    multiscale_crop: bool = True
+    flip: float = 0.5
+    color_jitter: float = 0.8
+    grayscale: float = 0.2
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    mix_switch_prob: float = 0.5
+    label_smoothing: float = 0.1
+
+
+@dataclass
+class DataConfig:
+    #: folder the annotation paths are relative to
+    root: Optional[str] = None
+    #: annotation files (format detected from the content, see docs/datasets.md)
+    train_list: Optional[str] = None
+    val_list: Optional[str] = None
+    #: class names: a label CSV (id,name) or a text file with one name per line
+    labels: Optional[str] = None
+    num_frames: int = 8
+    sampling: Literal["segments", "dense"] = "segments"
+    frame_interval: int = 2
+    image_size: int = 224
+    normalize: Literal["imagenet", "clip"] = "imagenet"
+    backend: Literal["auto", "pyav", "torchcodec", "rawframes"] = "auto"
+    batch_size: int = 8
+    eval_batch_size: Optional[int] = None
+    num_workers: int = 4
+    on_bad_video: Literal["raise", "skip"] = "raise"
+    short_video: Literal["loop", "repeat_last"] = "loop"
+    aug: AugConfig = field(default_factory=AugConfig)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    #: stop after this many optimizer steps (None: run all epochs)
+    max_steps: Optional[int] = None
+    lr: float = 8e-6
+    #: LR multiplier of the modules a method adds to CLIP
+    lr_mult_new: float = 10.0
+    weight_decay: float = 0.001
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-8
+    warmup_epochs: float = 5.0
+    #: absolute final LR of the cosine schedule (None: lr / 100)
+    min_lr: Optional[float] = None
+    accum_steps: int = 1
+    clip_grad: Optional[float] = 1.0
+    #: "auto": bf16 on CUDA, fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    seed: int = 1024
+    eval_every: int = 1
+    #: also checkpoint every N optimizer steps inside an epoch (None: at epoch ends only)
+    save_every: Optional[int] = None
+    log_every: int = 10
+    compile: bool = False
+
+
+@dataclass
+class EvalConfig:
+    #: temporal clips × spatial crops per video
+    num_clips: int = 1
+    num_crops: Literal[1, 3] = 1
+    aggregation: Literal["softmax_sum", "mean_logits"] = "softmax_sum"
+    #: sample the temporal views randomly as the official repos do (not deterministic)
+    compat_random_test_clips: bool = False
+    confusion_png: bool = True
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    output_dir: str = "runs"
+    device: str = "auto"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------- parsing
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def convert_value(value: Any, tp, key: str):
+    """Check/convert ``value`` to the annotated type ``tp``; errors name ``key``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return convert_value(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {args}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping (section), got {type(value).__name__} {value!r}")
+        return from_dict(tp, value, key)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        item = args[0] if args else Any
+        return [convert_value(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {type(value).__name__} {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def from_dict(cls, data: dict, prefix: str = ""):
+    """Build dataclass ``cls`` from a dict, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {(prefix + '.' if prefix else '') + close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {dotted!r}{hint} (valid here: {', '.join(names)})")
+        kwargs[key] = convert_value(value, hints[key], dotted)
+    return cls(**kwargs)
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_yaml(path: str | os.PathLike, _seen: tuple = ()) -> dict:
+    """A config file with its ``base`` chain resolved (later files override earlier ones)."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError(f"{path}: circular 'base' chain: {' -> '.join(map(str, _seen + (path,)))}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of sections, got {type(data).__name__}")
+    bases = data.pop("base", None) or []
+    merged: dict = {}
+    for b in [bases] if isinstance(bases, str) else bases:
+        merged = deep_merge(merged, read_yaml(path.parent / b, _seen + (path,)))
+    return deep_merge(merged, data)
+
+
+def parse_override(text: str) -> dict:
+    """``a.b.c=value`` → nested dict; the value is parsed as YAML (numbers, lists, null, true)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value (e.g. train.lr=1e-5)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def load_config(files: list[str] | tuple[str, ...] = (), overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    data: dict = {}
+    for f in files:
+        data = deep_merge(data, read_yaml(f))
+    for o in overrides:
+        data = deep_merge(data, parse_override(o))
+    cfg = from_dict(RunConfig, data)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Cross-field checks (types were checked while parsing)."""
+    from vclip.methods import METHODS  # late import: methods import the backbone
+
+    m, d, t, e = cfg.model, cfg.data, cfg.train, cfg.eval
+    if m.method not in METHODS:
+        close = difflib.get_close_matches(m.method, list(METHODS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"model.method: unknown method {m.method!r}{hint} (known: {', '.join(METHODS)})")
+    METHODS[m.method].parse_options(m.options)  # raises ConfigError naming model.options.<key>
+    for tmpl in m.templates or []:
+        if tmpl.startswith("@"):
+            continue
+        if tmpl.count("{}") != 1:
+            raise ConfigError(f"model.templates: {tmpl!r} must contain exactly one '{{}}' for the class name")
+    positive = {"data.num_frames": d.num_frames, "data.image_size": d.image_size, "data.batch_size": d.batch_size,
+                "data.frame_interval": d.frame_interval, "train.accum_steps": t.accum_steps,
+                "eval.num_clips": e.num_clips, "train.eval_every": t.eval_every, "train.log_every": t.log_every}
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key}: must be >= 1, got {value}")
+    if t.epochs < 0 or d.num_workers < 0:
+        raise ConfigError("train.epochs and data.num_workers must be >= 0")
+    if t.lr <= 0:
+        raise ConfigError(f"train.lr: must be > 0, got {t.lr}")
+    if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
+        raise ConfigError(f"train.betas: expected two values in [0, 1), got {t.betas}")
+    if m.freeze_text and m.freeze_vision and not METHODS[m.method].adds_modules:
+        raise ConfigError(
+            f"model.freeze_text and model.freeze_vision are both true: method {m.method!r} adds no modules of "
+            "its own, so nothing would be trained"
+        )
+    if t.precision == "fp16" and cfg.device == "cpu":
+        raise ConfigError("train.precision: fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    aug = d.aug
+    for key in ("flip", "color_jitter", "grayscale", "mix_switch_prob"):
+        if not 0 <= getattr(aug, key) <= 1:
+            raise ConfigError(f"data.aug.{key}: a probability must be in [0, 1], got {getattr(aug, key)}")
+    if not 0 <= aug.label_smoothing < 1:
+        raise ConfigError(f"data.aug.label_smoothing: must be in [0, 1), got {aug.label_smoothing}")
+
+
+def save_config(cfg: RunConfig, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    os.replace(tmp, path)

@@ -1,0 +1,414 @@
+"""Training checkpoints: atomic directories with safetensors weights and a weights-only train state.
+
+Layout of one checkpoint, ``run_dir/checkpoints/<tag>/``::
+
+    model.safetensors   the model's state dict (no ``module.`` prefix)
+    train_state.pt      optimizer / scheduler / GradScaler / RNG / sampler / step state: plain
+                        containers of tensors and primitives, so ``torch.load(weights_only=True)``
+                        reads it (no pickled objects, no code execution on load)
+    meta.json           written last: step, epoch, metric, time, config hash, ... plus the size and
+                        SHA-256 of the two files above
+
+A checkpoint is written into ``checkpoints/.tmp-<tag>-<id>/`` (every file fsync'ed, ``meta.json``
+last) and only then moved to its final name with :func:`os.replace`: the previous checkpoint is
+renamed aside (``.old-<tag>-<id>``), the new one renamed into place, the old one deleted. A crash at
+any point leaves either the previous complete checkpoint or the new complete one — never a partial
+one under a final name. In the instant between the two renames only ``.old-<tag>-<id>`` exists;
+:meth:`CheckpointManager.latest` falls back to it. Temporary directories are never loaded and are
+removed by the next save.
+
+Tags: ``last`` is replaced by every save; ``best`` is written as well when ``save(..., is_best=True)``
+(:meth:`CheckpointManager.is_better` compares a metric with the one stored in ``best``). Only the
+main process should save.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import time
+import uuid
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from vclip.errors import CheckpointError
+
+__all__ = [
+    "CheckpointManager", "load_checkpoint", "capture_rng_state", "restore_rng_state",
+    "MODEL_FILE", "TRAIN_STATE_FILE", "META_FILE", "FORMAT",
+]
+
+log = logging.getLogger(__name__)
+
+FORMAT = "vclip-checkpoint/1"
+MODEL_FILE = "model.safetensors"
+TRAIN_STATE_FILE = "train_state.pt"
+META_FILE = "meta.json"
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_TMP_PREFIX = ".tmp-"
+_OLD_PREFIX = ".old-"
+
+
+# --------------------------------------------------------------------------------------------------
+# RNG state
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The states of python ``random``, numpy's global generator, torch's CPU generator and (when
+    CUDA is available) every CUDA generator, as weights-only-loadable containers."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    state: dict[str, Any] = {
+        "python": (int(version), tuple(int(x) for x in internal), gauss),
+        "numpy": {
+            "bit_generator": str(np_state["bit_generator"]),
+            "key": torch.from_numpy(np.asarray(np_state["state"]["key"], dtype=np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": None,
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`capture_rng_state` returned. CUDA states are restored for the devices
+    present in both the state and this machine."""
+    try:
+        version, internal, gauss = state["python"]
+        random.setstate((int(version), tuple(int(x) for x in internal), gauss))
+        n = state["numpy"]
+        np.random.set_state({
+            "bit_generator": n["bit_generator"],
+            "state": {"key": np.asarray(torch.as_tensor(n["key"]).numpy(), dtype=np.uint32), "pos": int(n["pos"])},
+            "has_gauss": int(n["has_gauss"]),
+            "gauss": float(n["gauss"]),
+        })
+        torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8).cpu())
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"train state: the RNG state is malformed ({type(e).__name__}: {e})") from None
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available():
+        for i in range(min(len(cuda), torch.cuda.device_count())):
+            torch.cuda.set_rng_state(torch.as_tensor(cuda[i], dtype=torch.uint8).cpu(), i)
+
+
+# --------------------------------------------------------------------------------------------------
+# writing helpers
+
+_PRIMITIVES = (str, int, float, bool, type(None), torch.dtype, torch.device)
+
+
+def _check_plain(obj: Any, path: str) -> None:
+    """Raise TypeError naming the first entry ``torch.load(weights_only=True)`` could not read back."""
+    if isinstance(obj, torch.Tensor) or isinstance(obj, _PRIMITIVES) and not isinstance(obj, np.generic):
+        return
+    if isinstance(obj, (dict, OrderedDict)):
+        for k, v in obj.items():
+            if not isinstance(k, (str, int, float, bool)) or isinstance(k, np.generic):
+                raise TypeError(f"{path}: key {k!r} of type {type(k).__name__} cannot be stored in a checkpoint")
+            _check_plain(v, f"{path}[{k!r}]")
+        return
+    if isinstance(obj, (list, tuple)) and type(obj) in (list, tuple, torch.Size):
+        for i, v in enumerate(obj):
+            _check_plain(v, f"{path}[{i}]")
+        return
+    raise TypeError(
+        f"{path}: {type(obj).__module__}.{type(obj).__qualname__} cannot be stored in a checkpoint "
+        "(train_state holds only dicts, lists, tuples, tensors, str/int/float/bool/None; convert it)"
+    )
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # not supported (e.g. Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _digest(path: Path) -> dict[str, Any]:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _plain_model_state(model_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU tensors; tensors sharing storage (tied weights) are cloned, since
+    safetensors refuses shared storage."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[tuple[int, int]] = set()
+    for k, v in model_state.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise TypeError(f"model_state[{k!r}]: expected str → Tensor, got {type(k).__name__} → {type(v).__name__}")
+        t = v.detach().cpu().contiguous()
+        key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()) if t.numel() else None
+        if key is not None and key in seen:
+            t = t.clone()
+        elif key is not None:
+            seen.add(key)
+        out[k] = t
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# the manager
+
+
+class CheckpointManager:
+    """Checkpoints of one run under ``run_dir/checkpoints/``."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.run_dir = Path(run_dir)
+        self.dir = self.run_dir / "checkpoints"
+
+    def path(self, tag: str) -> Path:
+        return self.dir / tag
+
+    # ---- saving
+
+    def save(
+        self,
+        tag: str = "last",
+        *,
+        model_state: Mapping[str, torch.Tensor],
+        train_state: Mapping[str, Any],
+        meta: Mapping[str, Any],
+        is_best: bool = False,
+    ) -> Path:
+        """Write checkpoint ``tag`` (and ``best`` too when ``is_best``) atomically; return its path.
+        ``meta`` must be JSON-serialisable (step, epoch, metric, config_hash, ...); ``time`` is added
+        when absent."""
+        if not _TAG_RE.match(tag):
+            raise ValueError(f"checkpoint tag {tag!r}: use letters, digits, '_', '-', '.', not starting with '.'")
+        _check_plain(dict(train_state), "train_state")
+        meta = dict(meta)
+        meta.setdefault("time", time.time())
+        try:
+            json.dumps(meta, allow_nan=True)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"checkpoint meta is not JSON-serialisable: {e}") from None
+        model_state = _plain_model_state(model_state)
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_temps()
+        tmp_dirs: list[Path] = []
+        try:
+            tmp = self._new_temp(tag)
+            tmp_dirs.append(tmp)
+            self._write(tmp, tag, model_state, train_state, meta)
+            best_tmp = None
+            if is_best and tag != "best":
+                best_tmp = self._new_temp("best")
+                tmp_dirs.append(best_tmp)
+                self._link_copy(tmp, best_tmp, tag="best")
+            self._swap_in(tmp, self.path(tag))
+            if best_tmp is not None:
+                self._swap_in(best_tmp, self.path("best"))
+        finally:
+            for d in tmp_dirs:
+                if d.exists():
+                    shutil.rmtree(d, ignore_errors=True)
+        return self.path(tag)
+
+    def _new_temp(self, tag: str) -> Path:
+        d = self.dir / f"{_TMP_PREFIX}{tag}-{uuid.uuid4().hex[:12]}"
+        d.mkdir()
+        return d
+
+    def _remove_stale_temps(self) -> None:
+        for d in self.dir.glob(f"{_TMP_PREFIX}*"):
+            shutil.rmtree(d, ignore_errors=True)
+
+    @staticmethod
+    def _write(tmp: Path, tag: str, model_state: dict, train_state: Mapping, meta: dict) -> None:
+        from safetensors.torch import save_file
+
+        save_file(model_state, str(tmp / MODEL_FILE), metadata={"format": "pt"})
+        _fsync_file(tmp / MODEL_FILE)
+        with open(tmp / TRAIN_STATE_FILE, "wb") as f:
+            torch.save(dict(train_state), f)
+            f.flush()
+            os.fsync(f.fileno())
+        files = {name: _digest(tmp / name) for name in (MODEL_FILE, TRAIN_STATE_FILE)}
+        _write_json(tmp / META_FILE, {**meta, "format": FORMAT, "tag": tag, "files": files})  # LAST
+        _fsync_dir(tmp)
+
+    @staticmethod
+    def _link_copy(src: Path, dst: Path, *, tag: str) -> None:
+        for name in (MODEL_FILE, TRAIN_STATE_FILE):
+            try:
+                os.link(src / name, dst / name)  # files are never modified in place: sharing is safe
+            except OSError:
+                shutil.copyfile(src / name, dst / name)
+                _fsync_file(dst / name)
+        meta = json.loads((src / META_FILE).read_text(encoding="utf-8"))
+        meta["tag"] = tag
+        _write_json(dst / META_FILE, meta)
+        _fsync_dir(dst)
+
+    def _swap_in(self, tmp: Path, final: Path) -> None:
+        tag = final.name
+        old = None
+        if final.exists():
+            old = self.dir / f"{_OLD_PREFIX}{tag}-{uuid.uuid4().hex[:12]}"
+            os.replace(final, old)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            if old is not None and not final.exists():
+                try:
+                    os.replace(old, final)  # put the previous one back
+                except OSError:
+                    pass
+            raise
+        _fsync_dir(self.dir)
+        # the new one is complete under its final name: previous versions can go
+        for d in self.dir.glob(f"{_OLD_PREFIX}{tag}-*"):
+            shutil.rmtree(d, ignore_errors=True)
+
+    # ---- finding and loading
+
+    @staticmethod
+    def _complete(d: Path) -> bool:
+        return d.is_dir() and (d / META_FILE).is_file()
+
+    def find(self, tag: str) -> Path | None:
+        """The complete checkpoint ``tag``, or — when a crash hit between the two renames of a save
+        — the previous version kept aside; None when there is none."""
+        final = self.path(tag)
+        if self._complete(final):
+            return final
+        if final.exists():
+            log.warning("%s has no %s (incomplete checkpoint); ignoring it", final, META_FILE)
+        aside = sorted((d for d in self.dir.glob(f"{_OLD_PREFIX}{tag}-*") if self._complete(d)),
+                       key=lambda d: (d / META_FILE).stat().st_mtime)
+        if aside:
+            log.warning("checkpoint %s is missing (a save was interrupted); using %s", final, aside[-1])
+            return aside[-1]
+        return None
+
+    def latest(self) -> Path | None:
+        """The checkpoint ``--resume auto`` resumes from: the complete ``last`` (temp directories of
+        interrupted saves are ignored), or None."""
+        return self.find("last")
+
+    def read_meta(self, tag: str) -> dict[str, Any] | None:
+        d = self.find(tag)
+        return None if d is None else _read_meta(d)
+
+    def best_metric(self) -> float | None:
+        meta = self.read_meta("best")
+        if meta is None or meta.get("metric") is None:
+            return None
+        return float(meta["metric"])
+
+    def is_better(self, metric: float | None, mode: str = "max") -> bool:
+        """Whether ``metric`` improves on the one stored in ``best`` (True when there is no best yet;
+        False for None/NaN). ``mode``: ``max`` (accuracy) or ``min`` (loss)."""
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        if metric is None or metric != metric:
+            return False
+        best = self.best_metric()
+        if best is None or best != best:
+            return True
+        return metric > best if mode == "max" else metric < best
+
+    def load(self, path: str | os.PathLike | None = None, *, map_location: Any = "cpu", verify: bool = True):
+        """``(model_state, train_state, meta)`` of the checkpoint at ``path`` (default: :meth:`latest`)."""
+        if path is None:
+            path = self.latest()
+            if path is None:
+                raise CheckpointError(f"{self.dir}: no complete checkpoint to resume from")
+        return load_checkpoint(path, map_location=map_location, verify=verify)
+
+
+def _read_meta(d: Path) -> dict[str, Any]:
+    p = d / META_FILE
+    if not p.is_file():
+        raise CheckpointError(
+            f"{d}: incomplete checkpoint, {META_FILE} is missing (a save was interrupted, or this is "
+            "not a vclip checkpoint directory)"
+        )
+    try:
+        meta = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{p}: unreadable checkpoint metadata ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{p}: not a vclip checkpoint (expected \"format\": \"{FORMAT}\")")
+    return meta
+
+
+def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu", verify: bool = True):
+    """Read a checkpoint directory (or any file inside it): ``(model_state, train_state, meta)``.
+    With ``verify`` each file's size and SHA-256 are checked against ``meta.json`` first, so a
+    truncated or corrupted file is reported by name. Raises :class:`CheckpointError`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    d = Path(path)
+    if d.is_file():
+        d = d.parent
+    if not d.exists():
+        raise CheckpointError(f"{d}: checkpoint not found")
+    meta = _read_meta(d)
+    files = meta.get("files")
+    if not isinstance(files, dict):
+        raise CheckpointError(f"{d / META_FILE}: the \"files\" entry is missing or malformed")
+    for name in (MODEL_FILE, TRAIN_STATE_FILE):
+        f = d / name
+        if not f.is_file():
+            raise CheckpointError(f"{f}: missing from the checkpoint")
+        expect = files.get(name) or {}
+        size = f.stat().st_size
+        if "bytes" in expect and size != expect["bytes"]:
+            what = "truncated" if size < expect["bytes"] else "has extra bytes"
+            raise CheckpointError(f"{f}: {what} ({size} bytes, {META_FILE} says {expect['bytes']})")
+        if verify and "sha256" in expect and _digest(f)["sha256"] != expect["sha256"]:
+            raise CheckpointError(f"{f}: corrupted (SHA-256 differs from the one in {META_FILE})")
+    try:
+        model_state = load_file(str(d / MODEL_FILE), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{d / MODEL_FILE}: cannot read the weights ({e})") from None
+    try:
+        train_state = torch.load(d / TRAIN_STATE_FILE, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, bad pickle, disallowed global, ...
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{d / TRAIN_STATE_FILE}: cannot read the train state ({msg})") from None
+    if not isinstance(train_state, dict):
+        raise CheckpointError(f"{d / TRAIN_STATE_FILE}: expected a dict, found {type(train_state).__name__}")
+    return model_state, train_state, meta

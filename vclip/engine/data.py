@@ -1,0 +1,73 @@
+"""Datasets and loaders of a run config (the bridge between ``RunConfig.data`` and ``vclip.data``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vclip.config import RunConfig
+from vclip.data.annotations import load_annotations, read_label_csv
+from vclip.data.datasets import VideoDataset
+from vclip.data.loader import build_loader
+from vclip.data.sampling import build_sampler
+from vclip.data.transforms import build_mixup, build_test_transform, build_train_transform
+from vclip.errors import ConfigError
+
+
+def _path(value: str | None, key: str) -> Path:
+    if not value:
+        raise ConfigError(f"{key}: not set")
+    p = Path(value).expanduser()
+    if not p.exists():
+        raise ConfigError(f"{key}: {p} does not exist")
+    return p
+
+
+def class_names(cfg: RunConfig) -> list[str]:
+    return read_label_csv(_path(cfg.data.labels, "data.labels"))
+
+
+def _sampler_mode(cfg: RunConfig) -> str:
+    return "segment" if cfg.data.sampling == "segments" else "dense"
+
+
+def train_dataset(cfg: RunConfig, names: list[str]) -> VideoDataset:
+    d = cfg.data
+    records = load_annotations(_path(d.train_list, "data.train_list"), num_classes=len(names))
+    sampler = build_sampler(mode=_sampler_mode(cfg), num_frames=d.num_frames, interval=d.frame_interval,
+                            short_policy=d.short_video, test_mode=False)
+    a = d.aug
+    transform = build_train_transform(
+        input_size=d.image_size, crop="multiscale" if a.multiscale_crop else "random_resized",
+        flip=a.flip, color_jitter=a.color_jitter, grayscale=a.grayscale, norm=d.normalize)
+    return VideoDataset(records, d.root, names, sampler=sampler, transform=transform, backend=d.backend,
+                        on_bad_video=d.on_bad_video, train=True, seed=cfg.train.seed)
+
+
+def eval_dataset(cfg: RunConfig, names: list[str], annotation: str | None = None) -> VideoDataset:
+    """Evaluation set: deterministic views; a video that fails to decode is reported, never dropped."""
+    d, e = cfg.data, cfg.eval
+    path = annotation or d.val_list
+    records = load_annotations(_path(path, "data.val_list"), num_classes=len(names))
+    sampler = build_sampler(mode=_sampler_mode(cfg), num_frames=d.num_frames, interval=d.frame_interval,
+                            short_policy=d.short_video, num_clips=e.num_clips, test_mode=True,
+                            compat_random_test_clips=e.compat_random_test_clips)
+    transform = build_test_transform(input_size=d.image_size, num_crops=e.num_crops, norm=d.normalize)
+    return VideoDataset(records, d.root, names, sampler=sampler, transform=transform, backend=d.backend,
+                        on_bad_video="skip", train=False, seed=cfg.train.seed)
+
+
+def train_loader(cfg: RunConfig, dataset: VideoDataset, rank: int, world_size: int):
+    return build_loader(dataset, cfg.data.batch_size, train=True, num_workers=cfg.data.num_workers,
+                        seed=cfg.train.seed, rank=rank, world_size=world_size)
+
+
+def eval_loader(cfg: RunConfig, dataset: VideoDataset, rank: int, world_size: int):
+    bs = cfg.data.eval_batch_size or cfg.data.batch_size
+    return build_loader(dataset, bs, train=False, num_workers=cfg.data.num_workers, seed=cfg.train.seed,
+                        rank=rank, world_size=world_size, persistent_workers=False)
+
+
+def mixup(cfg: RunConfig, num_classes: int):
+    a = cfg.data.aug
+    return build_mixup({"mixup": a.mixup, "cutmix": a.cutmix, "switch_prob": a.mix_switch_prob,
+                        "label_smoothing": a.label_smoothing}, num_classes)

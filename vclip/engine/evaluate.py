@@ -1,0 +1,110 @@
+"""Evaluation: multi-view scoring, top-1/top-5, per-class accuracy, failed videos, results files.
+
+Every video of the evaluation set is scored exactly once over all processes (contiguous shards,
+no padding; the merge de-duplicates by index and checks completeness). A video that fails to
+decode is reported by path and error in ``failed_videos`` — never silently dropped — and the
+metrics are computed over the videos that decoded (``num_videos`` says how many).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+
+from vclip.engine import data as run_data
+from vclip.engine.distributed import DistInfo, all_gather_object
+from vclip.engine.metrics import Accumulator, aggregate_views, save_confusion_png
+
+
+def evaluate_method(method, dataset, vocab, cfg, dist: DistInfo, logger=None,
+                    subsets: Mapping[str, Sequence[int]] | None = None) -> dict:
+    """Score ``dataset`` (built by ``vclip.engine.data.eval_dataset``) with ``method``."""
+    from vclip.engine.trainer import autocast_dtype
+
+    loader = run_data.eval_loader(cfg, dataset, dist.rank, dist.world_size)
+    device = dist.device
+    amp = autocast_dtype(cfg.train.precision, device)
+    was_training = method.training
+    method.eval()
+    acc = Accumulator(len(vocab))
+    failed: list[dict] = []
+    batches = logger.progress(loader, total=len(loader), desc="eval") if logger else loader
+    with torch.no_grad(), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        for batch in batches:
+            video = batch["video"]
+            if video.dim() == 5:  # one view: [B, T, 3, H, W]
+                video = video.unsqueeze(1)
+            valid = batch["valid"].bool()
+            for i in torch.nonzero(~valid).flatten().tolist():
+                idx = int(batch["index"][i])
+                failed.append({"index": idx, "path": dataset.full_path(dataset.records[idx]),
+                               "error": batch["error"][i]})
+            if not valid.any():
+                continue
+            views = video[valid]
+            b, v = views.shape[:2]
+            logits = method(views.flatten(0, 1).to(device, non_blocking=True), vocab).float()
+            scores = aggregate_views(logits.view(b, v, -1), cfg.eval.aggregation)
+            acc.add(scores, batch["label"][valid], batch["index"][valid])
+    if was_training:
+        method.train()
+    acc.gather()
+    failed = sorted((f for part in all_gather_object(failed) for f in part), key=lambda f: f["index"])
+    failed_idx = {f["index"] for f in failed}
+    expected = [i for i in range(len(dataset)) if i not in failed_idx]
+    results = acc.summary(expected=expected, subsets=subsets)
+    results.update(
+        num_failed=len(failed),
+        failed_videos=failed,
+        views={"clips": cfg.eval.num_clips, "crops": cfg.eval.num_crops, "aggregation": cfg.eval.aggregation},
+    )
+    return results
+
+
+def write_results(results: dict, path: str | os.PathLike, class_names: Sequence[str],
+                  confusion_png: str | os.PathLike | None = None) -> Path:
+    """Results JSON (atomic write), with per-class accuracy by name; optionally the confusion PNG."""
+    path = Path(path)
+    out = {k: v for k, v in results.items() if k != "confusion"}
+    if "confusion" in results:
+        out["confusion"] = results["confusion"].tolist()
+        if confusion_png is not None:
+            save_confusion_png(confusion_png, results["confusion"], class_names)
+    if "per_class_accuracy" in results:
+        out["per_class"] = {name: {"accuracy": a, "videos": c} for name, a, c in
+                            zip(class_names, results["per_class_accuracy"], results["per_class_count"])}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(out, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def evaluate(cfg, checkpoint: str | None = None, annotation: str | None = None, dist: DistInfo | None = None,
+             subsets: Mapping[str, Sequence[int]] | None = None) -> dict:
+    """``vclip eval``: build the method (from ``model.pretrained`` and/or a training checkpoint) and
+    score ``data.val_list`` (or ``annotation``). Writes ``results_eval.json`` into the run dir."""
+    from vclip.engine.checkpoint import load_checkpoint
+    from vclip.engine.distributed import init_distributed
+    from vclip.engine.logging import RunLogger
+    from vclip.methods import build_method, make_vocabulary
+
+    dist = dist or init_distributed(cfg.device)
+    names = run_data.class_names(cfg)
+    vocab = make_vocabulary(cfg, names)
+    method = build_method(cfg)
+    if checkpoint:
+        model_state, _, _ = load_checkpoint(checkpoint)
+        method.load_state_dict(model_state)
+    method.to(dist.device)
+    dataset = run_data.eval_dataset(cfg, names, annotation)
+    with RunLogger(cfg.run_dir, rank=dist.rank) as logger:
+        results = evaluate_method(method, dataset, vocab, cfg, dist, logger, subsets)
+    if dist.is_main:
+        write_results(results, cfg.run_dir / "results_eval.json", names,
+                      cfg.run_dir / "confusion_eval.png" if cfg.eval.confusion_png else None)
+    return results

@@ -1,0 +1,189 @@
+"""AdamW with X-CLIP's parameter groups and a per-step warm-up + cosine schedule.
+
+Parameter groups (X-CLIP ``utils/optimizer.py``, written fresh): every trainable parameter is either
+*new* (a module the method adds on top of CLIP: message tokens, MIT, prompt generator, ...; picked
+by ``is_new(name)``) or *clip*, and either *decay* or *no_decay*. New parameters train at
+``lr * lr_mult_new``. No weight decay for parameters with fewer than two dimensions (LayerNorm
+weights, scales), biases, position/class embeddings and ``logit_scale``.
+
+The schedule (:class:`WarmupCosine`) is stepped once per optimizer step: linear warm-up from 0 to
+each group's base LR, then a half cosine from the base LR down to the *absolute* ``min_lr`` — the
+same floor for every group, as timm's ``CosineLRScheduler(lr_min=...)`` does in X-CLIP, so the 10×
+groups also end at ``min_lr``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
+
+from vclip.errors import ConfigError
+
+__all__ = ["NO_DECAY_KEYWORDS", "param_groups", "build_optimizer", "WarmupCosine", "warmup_cosine_lr"]
+
+# substrings of parameter names that never get weight decay
+NO_DECAY_KEYWORDS = ("positional_embedding", "position_embedding", "class_embedding", "logit_scale")
+
+
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP, torch.compile
+
+
+def _plain_name(name: str) -> str:
+    """The parameter name without DDP / torch.compile wrapper prefixes."""
+    while name.startswith(_WRAPPER_PREFIXES):
+        name = name.split(".", 1)[1]
+    return name
+
+
+def _no_decay(name: str, param: torch.Tensor) -> bool:
+    return (
+        param.ndim < 2
+        or name.endswith(".bias")
+        or name == "bias"
+        or any(k in name for k in NO_DECAY_KEYWORDS)
+    )
+
+
+def param_groups(
+    model: nn.Module,
+    *,
+    lr: float,
+    weight_decay: float,
+    lr_mult_new: float = 10.0,
+    is_new: Callable[[str], bool] = lambda name: False,
+) -> list[dict[str, Any]]:
+    """The trainable (``requires_grad``) parameters of ``model`` split into up to four groups,
+    ``clip/decay``, ``clip/no_decay``, ``new/decay``, ``new/no_decay`` (empty ones omitted). Each
+    group is a dict with ``params``, ``lr``, ``weight_decay``, ``name``, ``lr_mult`` and
+    ``param_names`` (the parameter names, in the order of ``params``). Names are seen without the
+    ``module.`` / ``_orig_mod.`` prefixes of DDP and ``torch.compile`` wrappers, by ``is_new`` too."""
+    if not (lr >= 0 and math.isfinite(lr)):
+        raise ConfigError(f"optimizer lr must be a finite number >= 0, got {lr!r}")
+    if not (weight_decay >= 0 and math.isfinite(weight_decay)):
+        raise ConfigError(f"optimizer weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    if not (lr_mult_new > 0 and math.isfinite(lr_mult_new)):
+        raise ConfigError(f"optimizer lr_mult_new must be a finite number > 0, got {lr_mult_new!r}")
+
+    order = [("clip", "decay"), ("clip", "no_decay"), ("new", "decay"), ("new", "no_decay")]
+    buckets: dict[tuple[str, str], tuple[list, list]] = {k: ([], []) for k in order}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        name = _plain_name(name)
+        kind = "new" if is_new(name) else "clip"
+        decay = "no_decay" if _no_decay(name, p) else "decay"
+        buckets[(kind, decay)][0].append(p)
+        buckets[(kind, decay)][1].append(name)
+
+    groups = []
+    for kind, decay in order:
+        params, names = buckets[(kind, decay)]
+        if not params:
+            continue
+        mult = lr_mult_new if kind == "new" else 1.0
+        groups.append({
+            "params": params,
+            "param_names": names,
+            "lr": lr * mult,
+            "weight_decay": weight_decay if decay == "decay" else 0.0,
+            "name": f"{kind}/{decay}",
+            "lr_mult": mult,
+        })
+    return groups
+
+
+def build_optimizer(
+    model: nn.Module,
+    *,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float] = (0.9, 0.98),
+    eps: float = 1e-8,
+    lr_mult_new: float = 10.0,
+    is_new: Callable[[str], bool] = lambda name: False,
+    fused: bool | None = None,
+) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`. ``fused=None`` uses the fused kernel when every trainable
+    parameter is a floating-point CUDA tensor, otherwise torch's default (foreach where supported)."""
+    groups = param_groups(model, lr=lr, weight_decay=weight_decay, lr_mult_new=lr_mult_new, is_new=is_new)
+    if not groups:
+        raise ConfigError(
+            "no trainable parameters: every parameter has requires_grad=False "
+            "(are both towers frozen and the method adds no new modules?)"
+        )
+    params = [p for g in groups for p in g["params"]]
+    kwargs: dict[str, Any] = {}
+    if fused is None:
+        if all(p.is_cuda and p.is_floating_point() for p in params):
+            kwargs["fused"] = True
+    else:
+        kwargs["fused"] = bool(fused)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, **kwargs)
+
+
+def warmup_cosine_lr(step: int, *, base_lr: float, total_steps: int, warmup_steps: int, min_lr: float) -> float:
+    """The LR used by optimizer step ``step`` (0-based): ``base_lr * step / warmup_steps`` during
+    warm-up, then ``min_lr + (base_lr - min_lr) * (1 + cos(pi * t)) / 2`` with
+    ``t = (step - warmup_steps) / (total_steps - warmup_steps)``, and ``min_lr`` from
+    ``total_steps`` on."""
+    if step < warmup_steps:
+        return base_lr * step / warmup_steps
+    if step >= total_steps:
+        return min_lr
+    t = (step - warmup_steps) / (total_steps - warmup_steps)
+    return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * t))
+
+
+class WarmupCosine(LRScheduler):
+    """Per-step warm-up + cosine schedule. Call ``step()`` once after every optimizer step; the LR
+    in effect for optimizer step ``i`` (0-based) is :func:`warmup_cosine_lr` ``(i)`` of each group's
+    base LR (the group's ``lr`` when the scheduler is created).
+
+    ``load_state_dict`` re-applies the restored step's LRs to the optimizer, so resuming works
+    whether the optimizer state is loaded before or after the scheduler is created."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: int, min_lr: float):
+        if int(total_steps) != total_steps or total_steps < 1:
+            raise ConfigError(f"schedule total_steps must be an integer >= 1, got {total_steps!r}")
+        if int(warmup_steps) != warmup_steps or warmup_steps < 0:
+            raise ConfigError(f"schedule warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+        if warmup_steps >= total_steps and warmup_steps > 0:
+            raise ConfigError(
+                f"schedule warmup_steps ({warmup_steps}) must be smaller than total_steps ({total_steps}); "
+                "shorten the warm-up or train longer"
+            )
+        if not (min_lr >= 0 and math.isfinite(min_lr)):
+            raise ConfigError(f"schedule min_lr must be a finite number >= 0, got {min_lr!r}")
+        self.total_steps = int(total_steps)
+        self.warmup_steps = int(warmup_steps)
+        self.min_lr = float(min_lr)
+        super().__init__(optimizer)
+
+    def lr_at(self, step: int) -> list[float]:
+        return [
+            warmup_cosine_lr(step, base_lr=float(b), total_steps=self.total_steps,
+                             warmup_steps=self.warmup_steps, min_lr=self.min_lr)
+            for b in self.base_lrs
+        ]
+
+    def get_lr(self) -> list[float]:  # called by LRScheduler.step with last_epoch already advanced
+        return self.lr_at(self.last_epoch)
+
+    def _get_closed_form_lr(self) -> list[float]:
+        return self.lr_at(self.last_epoch)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if len(self.base_lrs) != len(self.optimizer.param_groups):
+            raise ConfigError(
+                f"scheduler state has {len(self.base_lrs)} parameter groups, the optimizer "
+                f"{len(self.optimizer.param_groups)} (the trainable parameters changed since the checkpoint)"
+            )
+        lrs = self.lr_at(self.last_epoch)
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        self._last_lr = list(lrs)
