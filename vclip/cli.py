@@ -21,6 +21,9 @@ COMMAND_MODULES = [
     "vclip.demo",
     "vclip.data.commands",
     "vclip.backbone.commands",
+    "vclip.methods.flops",
+    "vclip.text.commands",
+    "vclip.methods.wise",
 ]
 
 

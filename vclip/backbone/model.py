@@ -174,6 +174,11 @@ class ResidualAttentionBlock(nn.Module):
         return x, size
 
 
+def drop_path_rates(rate: float, layers: int) -> list[float]:
+    """Per-block drop-path rates, linear from 0 to ``rate`` over ``layers`` blocks."""
+    return [rate * i / max(layers - 1, 1) for i in range(layers)]
+
+
 class Transformer(nn.Module):
     """A stack of blocks; calls ``before_block``/``after_block`` hooks around each one."""
 
@@ -189,11 +194,19 @@ class Transformer(nn.Module):
     ):
         super().__init__()
         self.width, self.layers = width, layers
-        rates = [drop_path * i / max(layers - 1, 1) for i in range(layers)]
         self.resblocks = nn.ModuleList(
-            ResidualAttentionBlock(width, heads, mlp_ratio, activation, eps, r) for r in rates
+            ResidualAttentionBlock(width, heads, mlp_ratio, activation, eps, r)
+            for r in drop_path_rates(drop_path, layers)
         )
         self.grad_checkpointing = False
+
+    def set_drop_path(self, rate: float) -> None:
+        """Stochastic depth on the attention and MLP residuals of every block, linearly spaced
+        over depth from 0 (first block) to ``rate`` (last block); 0 turns it off."""
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"drop-path rate must be in [0, 1), got {rate}")
+        for block, r in zip(self.resblocks, drop_path_rates(rate, self.layers)):
+            block.drop_path.p = r
 
     def forward(
         self,
@@ -249,6 +262,10 @@ class VisionTransformer(nn.Module):
         self.transformer = Transformer(w, cfg.layers, cfg.heads, cfg.mlp_ratio, activation, eps)
         self.ln_post = LayerNorm(w, eps=eps)
         self.proj = nn.Parameter(scale * torch.randn(w, embed_dim))
+
+    def set_drop_path(self, rate: float) -> None:
+        """Stochastic depth in the image tower's blocks (see ``Transformer.set_drop_path``)."""
+        self.transformer.set_drop_path(rate)
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         """[N, 3, H, W] → [N, 1 + patches, width] with positional embedding added."""
