@@ -1,0 +1,243 @@
+"""OST: the OD solver (POT parity, the official iteration, batching, stability) and the method
+end to end (descriptors from `vclip describe` against a fake server → train → evaluate → WiSE-FT)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "text"))
+
+from vclip.methods.od_solver import od_logits, od_scores, pooled_scores, sinkhorn  # noqa: E402
+from vclip.methods.ost import OST, kl_contrastive_loss  # noqa: E402
+from vclip.methods.base import Vocabulary  # noqa: E402
+
+
+def official_sinkhorn(K, u, v, max_iter=100, thresh=1e-2):
+    """The official scaling-domain iteration with its per-iteration host check (the reference)."""
+    r, c = torch.ones_like(u), torch.ones_like(v)
+    for i in range(max_iter):
+        r0 = r
+        r = u / torch.matmul(K, c.unsqueeze(-1)).squeeze(-1)
+        c = v / torch.matmul(K.transpose(1, 2), r.unsqueeze(-1)).squeeze(-1)
+        if (r - r0).abs().mean().item() < thresh:
+            break
+    return torch.matmul(r.unsqueeze(-1), c.unsqueeze(-2)) * K, i + 1
+
+
+# ---------------------------------------------------------------------------------- the solver
+@pytest.mark.parametrize("domain", ["scaling", "log"])
+@pytest.mark.parametrize("t, n, eps", [(8, 4, 0.1), (32, 4, 0.1), (16, 8, 0.05), (5, 3, 0.2)])
+def test_sinkhorn_matches_pot(t, n, eps, domain):
+    ot = pytest.importorskip("ot")
+    g = torch.Generator().manual_seed(t * n)
+    cost = torch.rand(6, t, n, generator=g, dtype=torch.float64)
+    plan = sinkhorn(cost, eps=eps, max_iter=3000, tol=0.0, stopping="per_problem", domain=domain, check_every=0)
+    assert plan.dtype == torch.float32
+    for i in range(cost.shape[0]):
+        ref = ot.sinkhorn(np.full(t, 1 / t), np.full(n, 1 / n), cost[i].numpy(), eps, numItermax=100000,
+                          stopThr=1e-13)
+        assert np.abs(plan[i].double().numpy() - ref).max() <= 1e-5
+        assert abs(float(plan[i].sum()) - 1) < 1e-5
+
+
+@pytest.mark.parametrize("domain, check_every", [("scaling", 1), ("scaling", 7), ("scaling", 10), ("scaling", 0),
+                                                 ("log", 10), ("log", 0)])
+def test_official_iteration_and_stopping_rule(domain, check_every):
+    """Same stopping iteration and plan as the official scaling-domain loop (global mean|Δr|),
+    whichever host-check interval is used."""
+    g = torch.Generator().manual_seed(1)
+    sim = F.normalize(torch.randn(40, 32, 8, generator=g, dtype=torch.float64), dim=-1)[..., :4] * 0.5 + 0.2
+    K = torch.exp(-(1 - sim) / 0.1)
+    ref, iters = official_sinkhorn(K, torch.full((40, 32), 1 / 32, dtype=torch.float64),
+                                   torch.full((40, 4), 1 / 4, dtype=torch.float64))
+    plan, ours = sinkhorn(1 - sim, eps=0.1, check_every=check_every, domain=domain, return_iters=True)
+    assert 1 < iters < 100 and int(ours) == iters
+    assert (plan.double() - ref).abs().max() <= 1e-5
+
+
+def test_batched_equals_per_pair_loop():
+    g = torch.Generator().manual_seed(2)
+    frames = torch.randn(3, 8, 32, generator=g)
+    desc = torch.randn(5, 4, 32, generator=g)
+    batched = od_scores(frames, desc, stopping="per_problem")
+    loop = torch.stack([torch.stack([od_scores(frames[b:b + 1], desc[k:k + 1], stopping="global")[0, 0]
+                                     for k in range(5)]) for b in range(3)])
+    assert torch.allclose(batched, loop, atol=1e-6, rtol=0)
+    # per-video descriptors [B, K, N, E] (X-CLIP-style video-conditioned text) give the same
+    per_video = od_scores(frames, desc.expand(3, -1, -1, -1), stopping="per_problem")
+    assert torch.allclose(per_video, batched, atol=1e-6)
+    # the log domain gives the same scores
+    assert torch.allclose(od_scores(frames, desc, stopping="per_problem", domain="log"), batched, atol=1e-6)
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.05, 0.01])
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("domain", ["auto", "log"])
+def test_no_nan_small_eps_and_bf16(eps, autocast, domain):
+    g = torch.Generator().manual_seed(3)
+    frames = torch.randn(4, 16, 64, generator=g, requires_grad=True)
+    desc = torch.randn(10, 4, 64, generator=g)
+    desc[0] = -frames[0, :4].detach()  # anti-aligned: cost ≈ 2, K = exp(−200) in the scaling domain
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        plan = sinkhorn(1 - torch.einsum("bte,kne->bktn", F.normalize(frames, dim=-1), F.normalize(desc, dim=-1)),
+                        eps=eps, domain=domain)
+        logits = od_logits(frames, desc, 100.0, eps=eps, domain=domain)
+    assert plan.dtype == torch.float32 and torch.isfinite(plan).all()
+    assert torch.allclose(plan.sum(dim=(-2, -1)), torch.ones(4, 10), atol=1e-4)
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    logits.sum().backward()
+    assert torch.isfinite(frames.grad).all()
+
+
+def test_plan_is_a_constant():
+    """d⟨P, sim⟩/d sim = P: no gradient flows through the plan (as in the official code)."""
+    sim = (torch.rand(2, 3, 8, 4) * 0.6).requires_grad_(True)
+    plan = sinkhorn(1 - sim)
+    assert not plan.requires_grad
+    (plan * sim).sum().backward()
+    assert torch.equal(sim.grad, plan)
+
+
+def test_pooled_term_is_not_renormalised():
+    frames, desc = torch.randn(2, 8, 16), torch.randn(3, 4, 16)
+    v = F.normalize(frames, dim=-1).mean(1)
+    d = F.normalize(desc, dim=-1).mean(1)
+    assert torch.allclose(pooled_scores(frames, desc), v @ d.t(), atol=1e-6)
+
+
+def test_kl_loss_matches_official_batch_form():
+    """Columns logits[:, y_j] are the official B × B logits; KL targets softmax(10·GT), both directions."""
+    torch.manual_seed(0)
+    logits = torch.randn(6, 5) * 5
+    y = torch.tensor([0, 2, 2, 4, 0, 1])
+    out = kl_contrastive_loss(logits, y)
+    lb = logits[:, y]
+    gt = (y[:, None] == y[None, :]).float()
+    q = torch.softmax(10 * gt, 1)
+    # official: KLDivLoss(reduction="mean") × batch size = the sum over B × B elements / B
+    ref = sum(F.kl_div(F.log_softmax(x, 1), q, reduction="sum") / 6 for x in (lb, lb.t()))
+    assert torch.allclose(out["loss"], ref, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------- the method
+def _tiny_ost(**opts):
+    from vclip.backbone import CLIP, get_config
+
+    cfg = get_config("tiny")
+    return OST(CLIP(cfg), num_frames=4, options=OST.parse_options({"num_descriptors": 2, **opts}))
+
+
+def test_logits_fusion_and_cache():
+    m = _tiny_ost(stopping="per_problem").eval()
+    vocab = Vocabulary(("a", "b", "c"), descriptors=[("x", "y", "step one", "step two")] * 3)
+    assert m.descriptor_sentences(vocab)["temporal"][0] == "A video of a usually includes step one"
+    calls = []
+    enc = m.encode_vocabulary
+    m.encode_vocabulary = lambda v: calls.append(1) or enc(v)
+    video = torch.randn(2, 4, 3, m.clip.config.vision.image_size, m.clip.config.vision.image_size)
+    with torch.no_grad():
+        official = m(video, vocab)
+        m(video, vocab)
+        assert len(calls) == 1                                            # encoded once, then cached
+        feats, cf = m.encode_video(video), m.class_features(vocab)
+        m.options.fusion = "paper"
+        paper = m.logits(feats, cf)
+    assert torch.allclose(paper, official / 2, atol=1e-5)                 # ¼ Σ vs ½ Σ over 2 kinds
+    # the training logits over the batch's own classes are columns of the full logits
+    with torch.no_grad():
+        y = torch.tensor([2, 0])
+        sub = Vocabulary(tuple(vocab.class_names[i] for i in y), descriptors=[vocab.descriptors[i] for i in y])
+        assert torch.allclose(m.logits(feats, m.encode_vocabulary(sub)), paper[:, y], atol=1e-5)
+
+
+def test_options_are_validated():
+    from vclip.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.options.kinds"):
+        OST.parse_options({"kinds": ["spatial", "motion"]})
+    with pytest.raises(ConfigError, match="model.options.temporal_template"):
+        OST.parse_options({"temporal_template": "A video of {cls}"})
+    with pytest.raises(ConfigError, match="model.options.epsilon"):
+        OST.parse_options({"epsilon": 0.1})
+    m = _tiny_ost()
+    with pytest.raises(ConfigError, match="class 'a' has 3 descriptors"):
+        m.encode_vocabulary(Vocabulary(("a",), descriptors=[("x", "y", "z")]))
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from vclip.data.synthetic import SynthConfig, generate
+
+    out = tmp_path_factory.mktemp("synth")
+    generate(out, SynthConfig(size=(32, 32), frames=4, videos_per_class=4, val_fraction=0.25, seed=0))
+    return out
+
+
+def test_ost_trains_and_evaluates_from_described_files(synth, tmp_path):
+    import yaml
+    from fake_openai import FakeOpenAI
+
+    from vclip.cli import main
+    from vclip.config import load_config
+    from vclip.engine.evaluate import evaluate
+    from vclip.engine.trainer import train
+
+    files = {}
+    with FakeOpenAI() as server:
+        for kind in ("ost-spatio", "ost-temporal"):
+            files[kind] = tmp_path / f"{kind}.json"
+            fmt = ["--format", "official"] if kind == "ost-temporal" else []  # one file of each format
+            assert main(["describe", "--kind", kind, "--labels", str(synth / "labels.csv"), "-n", "2",
+                         "--out", str(files[kind]), "--base-url", server.url, "--model", "m",
+                         "--cache-dir", str(tmp_path / "cache"), "--no-progress"] + fmt) == 0
+    cfg = {
+        "name": "ost", "output_dir": str(tmp_path / "runs"), "device": "cpu",
+        "model": {"method": "ost", "arch": "tiny",
+                  "options": {"spatial_descriptors": str(files["ost-spatio"]),
+                              "temporal_descriptors": str(files["ost-temporal"]), "num_descriptors": 2}},
+        "data": {"root": str(synth), "train_list": str(synth / "train.txt"), "val_list": str(synth / "val.txt"),
+                 "labels": str(synth / "labels.csv"), "num_frames": 4, "image_size": 32, "batch_size": 6,
+                 "num_workers": 0,
+                 "aug": {"flip": 0.0, "color_jitter": 0.0, "grayscale": 0.0, "mixup": 0.0, "cutmix": 0.0,
+                         "label_smoothing": 0.0}},
+        "train": {"epochs": 1, "max_steps": 3, "lr": 1e-4, "warmup_epochs": 0, "precision": "fp32", "log_every": 1},
+        "eval": {"confusion_png": False},
+    }
+    path = tmp_path / "ost.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    results = train(load_config([str(path)]))
+    assert results["num_videos"] == 12 and 0.0 <= results["top1"] <= 1.0
+    metrics = [json.loads(x) for x in (tmp_path / "runs/ost/metrics.jsonl").read_text().splitlines()] \
+        if (tmp_path / "runs/ost/metrics.jsonl").exists() else []
+    losses = [m["loss"] for m in metrics if "loss" in m]
+    assert not metrics or all(np.isfinite(losses))
+    ckpt = tmp_path / "runs/ost/checkpoints/last"
+    assert (ckpt / "model.safetensors").is_file()
+
+    # WiSE-FT: `vclip wise` between the initial CLIP and the fine-tuned checkpoint, and the same
+    # blend through the evaluation config; both give the same scores
+    from vclip.backbone.weights import save_clip
+    from vclip.methods import build_method
+    from vclip.methods.wise import load_state
+
+    base = load_config([str(path)])
+    torch.manual_seed(1024)
+    init = build_method(base)
+    save_clip(init.clip, tmp_path / "init_clip")
+    assert main(["wise", "--ratio", "0.2", str(tmp_path / "init_clip"), str(ckpt), str(tmp_path / "wise")]) == 0
+    blended = load_state(tmp_path / "wise")
+    ft = load_state(ckpt)
+    k = "clip.visual.proj"
+    assert torch.allclose(blended[k], 0.2 * init.state_dict()[k] + 0.8 * ft[k], atol=1e-6)
+    r1 = evaluate(base, checkpoint=str(tmp_path / "wise"))
+    wise_cfg = load_config([str(path)], [f"model.pretrained={tmp_path / 'init_clip'}",
+                                         f"model.options.wise_checkpoint={ckpt}", "model.options.wise_ratio=0.2"])
+    r2 = evaluate(wise_cfg)
+    assert r1["top1"] == r2["top1"] and r1["num_videos"] == r2["num_videos"] == 12

@@ -1,0 +1,178 @@
+"""Per-class descriptor files: the official OST JSON and vclip's own schema.
+
+**Official OST** (``descriptors/<ds>/{spatio,temporal}_descriptors/<N>_descriptors.json``), one file
+per kind, keyed by class index as a string, in label-file order::
+
+    {"0": ["climber", "rope", "harness", "mountain"], "1": [...], ...}
+
+**vclip** (written by ``vclip describe``), keyed by class name, with the provenance of the text::
+
+    {"format": "vclip-descriptors/1", "kind": "ost-spatio", "num_per_class": 4,
+     "generator": {"model": "...", "base_url": "...", "params": {...}, "prompts": {...}},
+     "class_names": ["abseiling", ...],            # the label order
+     "classes": {"abseiling": ["climber", ...], ...},
+     "extra": {"abseiling": {...}}}                 # optional per-class data (e.g. similar classes)
+
+Items are non-empty strings; for ``alt-entities`` they are ``{"unit": str, "description": str}``
+objects. :func:`read_descriptors` reads either format (detected from the content) and checks it
+against the class names (missing/extra classes, wrong counts, empty strings), raising
+:class:`~vclip.errors.AnnotationError` naming the file and the class.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from vclip.errors import AnnotationError
+
+FORMAT = "vclip-descriptors/1"
+
+__all__ = ["FORMAT", "DescriptorSet", "read_descriptors", "write_descriptors", "write_official",
+           "atomic_write_text"]
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+@dataclass
+class DescriptorSet:
+    """Descriptors of one kind for a list of classes, in class order."""
+
+    kind: str
+    class_names: list[str]
+    items: list[list[Any]]
+    generator: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    def by_name(self) -> dict[str, list[Any]]:
+        return dict(zip(self.class_names, self.items))
+
+    def texts(self) -> list[tuple[str, ...]]:
+        """Per class, the descriptor strings (entities as ``"unit: description"``)."""
+        return [tuple(_as_text(i) for i in per) for per in self.items]
+
+
+def _as_text(item) -> str:
+    if isinstance(item, dict):
+        return f"{item['unit']}: {item['description']}"
+    return item
+
+
+def _check_item(item, path, cname) -> None:
+    if isinstance(item, str):
+        if not item.strip():
+            raise AnnotationError(f"{path}: class {cname!r}: empty descriptor string")
+        return
+    if isinstance(item, dict) and set(item) >= {"unit", "description"}:
+        for k in ("unit", "description"):
+            if not isinstance(item[k], str) or not item[k].strip():
+                raise AnnotationError(f"{path}: class {cname!r}: entity with an empty or non-string {k!r}")
+        return
+    raise AnnotationError(f"{path}: class {cname!r}: descriptor {item!r} is neither a non-empty string nor "
+                          "a {unit, description} object")
+
+
+def _check_lists(path, names: Sequence[str], lists: Sequence, num_per_class: int | None) -> None:
+    counts = set()
+    for cname, per in zip(names, lists):
+        if not isinstance(per, list):
+            raise AnnotationError(f"{path}: class {cname!r}: expected a list of descriptors, got {type(per).__name__}")
+        if not per:
+            raise AnnotationError(f"{path}: class {cname!r}: no descriptors")
+        if num_per_class is not None and len(per) != num_per_class:
+            raise AnnotationError(f"{path}: class {cname!r}: {len(per)} descriptors, expected {num_per_class}")
+        for item in per:
+            _check_item(item, path, cname)
+        counts.add(len(per))
+
+
+def read_descriptors(path: str | os.PathLike, class_names: Sequence[str] | None = None, *,
+                     num_per_class: int | None = None, kind: str | None = None) -> DescriptorSet:
+    """Read an official OST JSON or a vclip descriptor file and check it.
+
+    ``class_names``: the label order the descriptors must cover (official files are matched by
+    index, vclip files by name — extra classes in a vclip file are ignored, missing ones are an
+    error). ``num_per_class``: the exact count every class must have (None: any count ≥ 1)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AnnotationError(f"{path}: descriptor file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise AnnotationError(f"{path}: not a readable JSON file ({e})") from None
+    if not isinstance(data, dict) or not data:
+        raise AnnotationError(f"{path}: expected a JSON object of per-class descriptor lists")
+    if data.get("format") == FORMAT:
+        table = data.get("classes")
+        if not isinstance(table, dict):
+            raise AnnotationError(f"{path}: the \"classes\" entry is missing or not an object")
+        order = data.get("class_names") or list(table)
+        names = list(class_names) if class_names is not None else list(order)
+        missing = [c for c in names if c not in table]
+        if missing:
+            raise AnnotationError(f"{path}: no descriptors for class {missing[0]!r}"
+                                  + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        n = num_per_class if num_per_class is not None else data.get("num_per_class")
+        lists = [table[c] for c in names]
+        _check_lists(path, names, lists, n)
+        file_kind = data.get("kind")
+        if kind is not None and file_kind is not None and file_kind != kind:
+            raise AnnotationError(f"{path}: holds {file_kind!r} descriptors, expected {kind!r}")
+        extra = data.get("extra") or {}
+        return DescriptorSet(kind=file_kind or kind or "", class_names=names, items=lists,
+                             generator=data.get("generator") or {},
+                             extra={c: extra[c] for c in names if c in extra})
+    # official: {"0": [...], "1": [...]}
+    if not all(isinstance(k, str) and k.isdigit() for k in data):
+        bad = next(k for k in data if not (isinstance(k, str) and k.isdigit()))
+        raise AnnotationError(f"{path}: key {bad!r} is not a class index: expected the official OST format "
+                              f"{{\"0\": [...], ...}} or a vclip file with \"format\": \"{FORMAT}\"")
+    num = len(data)
+    expected = len(class_names) if class_names is not None else num
+    names = list(class_names) if class_names is not None else [str(i) for i in range(num)]
+    for i in range(expected):
+        if str(i) not in data:
+            raise AnnotationError(f"{path}: no descriptors for class {i} ({names[i]!r})")
+    if num != expected:
+        extra_keys = sorted((k for k in data if int(k) >= expected), key=int)
+        raise AnnotationError(f"{path}: {num} classes, the label file has {expected} "
+                              f"(unexpected class index {extra_keys[0] if extra_keys else '?'})")
+    lists = [data[str(i)] for i in range(expected)]
+    _check_lists(path, names, lists, num_per_class)
+    return DescriptorSet(kind=kind or "", class_names=names, items=lists)
+
+
+def write_descriptors(path: str | os.PathLike, ds: DescriptorSet) -> Path:
+    """vclip's schema, written atomically."""
+    counts = {len(per) for per in ds.items}
+    doc = {
+        "format": FORMAT,
+        "kind": ds.kind,
+        "num_per_class": counts.pop() if len(counts) == 1 else None,
+        "generator": ds.generator,
+        "class_names": list(ds.class_names),
+        "classes": {c: list(per) for c, per in zip(ds.class_names, ds.items)},
+    }
+    if ds.extra:
+        doc["extra"] = ds.extra
+    return atomic_write_text(path, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+
+
+def write_official(path: str | os.PathLike, ds: DescriptorSet) -> Path:
+    """The official OST JSON (class index → list of strings), written atomically."""
+    doc = {str(i): [_as_text(x) for x in per] for i, per in enumerate(ds.items)}
+    return atomic_write_text(path, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
