@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "vclip.methods.flops",
     "vclip.text.commands",
     "vclip.methods.wise",
+    "vclip.protocols.commands",
 ]
 
 

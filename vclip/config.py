@@ -48,7 +48,8 @@ class ModelConfig:
 
 @dataclass
 class AugConfig:
-    multiscale_crop: bool = True
+    #: training crop: X-CLIP's MultiScaleCrop, RandomResizedCrop, or a centre crop (no scale jitter)
+    crop: Literal["multiscale", "random_resized", "center"] = "multiscale"
     flip: float = 0.5
     color_jitter: float = 0.8
     grayscale: float = 0.2
@@ -297,6 +298,11 @@ def validate(cfg: RunConfig) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key}: must be >= 1, got {value}")
+    optional_positive = {"train.max_steps": t.max_steps, "train.save_every": t.save_every,
+                         "data.eval_batch_size": d.eval_batch_size}
+    for key, value in optional_positive.items():
+        if value is not None and value < 1:
+            raise ConfigError(f"{key}: must be >= 1 (or null), got {value}")
     if t.epochs < 0 or d.num_workers < 0:
         raise ConfigError("train.epochs and data.num_workers must be >= 0")
     if t.lr <= 0:

@@ -37,7 +37,7 @@ def train_dataset(cfg: RunConfig, names: list[str]) -> VideoDataset:
                             short_policy=d.short_video, test_mode=False)
     a = d.aug
     transform = build_train_transform(
-        input_size=d.image_size, crop="multiscale" if a.multiscale_crop else "random_resized",
+        input_size=d.image_size, crop=a.crop,
         flip=a.flip, color_jitter=a.color_jitter, grayscale=a.grayscale, norm=d.normalize)
     return VideoDataset(records, d.root, names, sampler=sampler, transform=transform, backend=d.backend,
                         on_bad_video=d.on_bad_video, train=True, seed=cfg.train.seed)

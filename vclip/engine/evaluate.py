@@ -9,6 +9,7 @@ metrics are computed over the videos that decoded (``num_videos`` says how many)
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -21,8 +22,9 @@ from vclip.engine.metrics import Accumulator, aggregate_views, save_confusion_pn
 
 
 def evaluate_method(method, dataset, vocab, cfg, dist: DistInfo, logger=None,
-                    subsets: Mapping[str, Sequence[int]] | None = None) -> dict:
-    """Score ``dataset`` (built by ``vclip.engine.data.eval_dataset``) with ``method``."""
+                    subsets: Mapping[str, Sequence[int]] | None = None, return_scores: bool = False) -> dict:
+    """Score ``dataset`` (built by ``vclip.engine.data.eval_dataset``) with ``method``.
+    ``return_scores`` adds ``scores`` [N, K], ``targets`` and ``indices`` (numpy) to the results."""
     from vclip.engine.trainer import autocast_dtype
 
     loader = run_data.eval_loader(cfg, dataset, dist.rank, dist.world_size)
@@ -62,6 +64,8 @@ def evaluate_method(method, dataset, vocab, cfg, dist: DistInfo, logger=None,
         failed_videos=failed,
         views={"clips": cfg.eval.num_clips, "crops": cfg.eval.num_crops, "aggregation": cfg.eval.aggregation},
     )
+    if return_scores:
+        results["scores"], results["targets"], results["indices"] = acc._local()
     return results
 
 
@@ -96,9 +100,19 @@ def evaluate(cfg, checkpoint: str | None = None, annotation: str | None = None, 
     dist = dist or init_distributed(cfg.device)
     names = run_data.class_names(cfg)
     vocab = make_vocabulary(cfg, names)
-    method = build_method(cfg)
-    if checkpoint:
-        model_state, _, _ = load_checkpoint(checkpoint)
+    from vclip.engine.trainer import seed_everything
+
+    model_state = load_checkpoint(checkpoint)[0] if checkpoint else None  # a bad path fails before the build
+    seed_everything(cfg.train.seed)  # the same weights on every process for what no file provides
+    methods_log = logging.getLogger("vclip.methods")
+    level = methods_log.level
+    if model_state is not None:
+        methods_log.setLevel(logging.ERROR)  # no "randomly initialised" warning: the checkpoint has every weight
+    try:
+        method = build_method(cfg)
+    finally:
+        methods_log.setLevel(level)
+    if model_state is not None:
         method.load_state_dict(model_state)
     method.to(dist.device)
     dataset = run_data.eval_dataset(cfg, names, annotation)

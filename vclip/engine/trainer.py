@@ -27,7 +27,7 @@ from vclip.engine import data as run_data
 from vclip.engine.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
 from vclip.engine.distributed import DistInfo, barrier, init_distributed
 from vclip.engine.evaluate import evaluate_method, write_results
-from vclip.engine.logging import RunLogger, setup_logging
+from vclip.engine.logging import RunLogger, setup_logging, teardown_logging
 from vclip.engine.optim import WarmupCosine, build_optimizer
 from vclip.errors import CheckpointError, ConfigError
 from vclip.methods import build_method, make_vocabulary
@@ -64,14 +64,26 @@ def train(cfg: RunConfig, resume: str | None = None, dist: DistInfo | None = Non
     """Train ``cfg``; evaluate every ``train.eval_every`` epochs when ``data.val_list`` is set.
     Returns the last evaluation's results (or the training summary)."""
     dist = dist or init_distributed(cfg.device)
-    device = dist.device
     run_dir = cfg.run_dir
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
     barrier()
+    # the run's log file handlers are removed again at the end (a library caller may train again)
+    owns_logging = not any(isinstance(h, logging.FileHandler) for h in logging.getLogger("vclip").handlers)
     setup_logging(run_dir, dist.rank)
     logger = RunLogger(run_dir, rank=dist.rank)
+    try:
+        return _train(cfg, resume, dist, logger)
+    finally:
+        logger.close()
+        if owns_logging:
+            teardown_logging()
+
+
+def _train(cfg: RunConfig, resume: str | None, dist: DistInfo, logger: RunLogger) -> dict:
+    device = dist.device
+    run_dir = cfg.run_dir
     seed_everything(cfg.train.seed + dist.rank)
 
     names = run_data.class_names(cfg)
@@ -89,13 +101,25 @@ def train(cfg: RunConfig, resume: str | None = None, dist: DistInfo | None = Non
             f"data.batch_size={cfg.data.batch_size} × world {dist.world_size} × train.accum_steps={t.accum_steps} "
             f"is more than the {len(train_set)} training videos: no full optimizer step per epoch")
     steps_per_epoch = micro_per_epoch // t.accum_steps
-    total_steps = t.max_steps or t.epochs * steps_per_epoch
+    total_steps = t.epochs * steps_per_epoch
+    if t.max_steps is not None:
+        total_steps = min(total_steps, t.max_steps)
+    if total_steps < 1:
+        raise ConfigError(f"train.epochs={t.epochs}, train.max_steps={t.max_steps}: no optimizer step to run")
     epochs = min(t.epochs, math.ceil(total_steps / steps_per_epoch))
+    warmup_steps = int(t.warmup_epochs * steps_per_epoch)
+    if warmup_steps and warmup_steps >= total_steps:
+        raise ConfigError(
+            f"train.warmup_epochs={t.warmup_epochs} is {warmup_steps} optimizer steps ({steps_per_epoch} per epoch), "
+            f"not fewer than the run's {total_steps} steps (train.epochs={t.epochs}, train.max_steps={t.max_steps}): "
+            "lower train.warmup_epochs (0 turns the warm-up off) or train longer")
     optimizer = build_optimizer(method, lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.betas), eps=t.eps,
                                 lr_mult_new=t.lr_mult_new, is_new=method.is_new_parameter)
-    scheduler = WarmupCosine(optimizer, total_steps=total_steps, warmup_steps=int(t.warmup_epochs * steps_per_epoch),
+    scheduler = WarmupCosine(optimizer, total_steps=total_steps, warmup_steps=warmup_steps,
                              min_lr=t.min_lr if t.min_lr is not None else t.lr / 100)
     amp_dtype = autocast_dtype(t.precision, device)
+    if amp_dtype == torch.float16 and device.type != "cuda":
+        raise ConfigError(f"train.precision: fp16 needs a CUDA device (this run is on {device}); use bf16 or fp32")
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     model = method
     if dist.world_size > 1:
@@ -140,6 +164,7 @@ def train(cfg: RunConfig, resume: str | None = None, dist: DistInfo | None = Non
         micro = skip_micro
         skip_micro = 0
         optimizer.zero_grad(set_to_none=True)
+        step_losses: dict[str, torch.Tensor] = {}
         for batch in logger.progress(loader, total=micro_per_epoch - micro, desc=f"epoch {epoch + 1}/{epochs}"):
             video = batch["video"].to(device, non_blocking=True)
             labels = batch["label"].to(device, non_blocking=True)
@@ -155,19 +180,22 @@ def train(cfg: RunConfig, resume: str | None = None, dist: DistInfo | None = Non
                     logits = forward(video, vocab)
                 losses = method.loss(logits, targets, label_smoothing=cfg.data.aug.label_smoothing if mix is None else 0.0)
                 scaler.scale(losses["loss"] / t.accum_steps).backward()
+            for k, v in losses.items():  # the step's loss terms: mean over its micro-batches
+                step_losses[k] = step_losses.get(k, 0.0) + torch.as_tensor(v).detach().float() / t.accum_steps
             if not sync:
                 continue
             if t.clip_grad:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(method.parameters(), t.clip_grad)
+            lr = optimizer.param_groups[0]["lr"]  # the LR this step used
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             step += 1
             if step % t.log_every == 0 or step == total_steps:
-                logger.log(step, epoch=epoch + micro / micro_per_epoch, lr=optimizer.param_groups[0]["lr"],
-                           **{k: float(v) for k, v in losses.items()})
+                logger.log(step, epoch=epoch + micro / micro_per_epoch, lr=lr, **_mean_over_ranks(step_losses))
+            step_losses = {}
             if t.save_every and step % t.save_every == 0 and micro < micro_per_epoch:
                 save(epoch, micro)
             if step >= total_steps:
@@ -190,8 +218,20 @@ def train(cfg: RunConfig, resume: str | None = None, dist: DistInfo | None = Non
         results = dict(results, training=summary)
         write_results(results, run_dir / "results.json", names,
                       confusion_png=run_dir / "confusion.png" if cfg.eval.confusion_png else None)
-    logger.close()
     return results or {"training": summary}
+
+
+def _mean_over_ranks(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The values averaged over all processes (collective: every rank calls it at the same step),
+    so a logged loss is the global batch's, whatever the number of processes."""
+    from vclip.engine.distributed import all_reduce_sum, world_size
+
+    if not values:
+        return {}
+    keys = list(values)
+    flat = torch.stack([torch.as_tensor(values[k], dtype=torch.float64).reshape(()).cpu() for k in keys])
+    flat = all_reduce_sum(flat) / world_size()
+    return {k: float(v) for k, v in zip(keys, flat)}
 
 
 def _gather_rng() -> list:

@@ -1,0 +1,205 @@
+"""End-to-end training on the synthetic motion set: a tiny model learns the single-frame classes,
+and a run killed with SIGKILL (mid-epoch, or after an epoch-end checkpoint) and resumed with
+``--resume auto`` ends with exactly the weights of an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from engine_utils import base_config, clean_env, deep_update, read_metrics, run, vclip_cmd
+from vclip.config import load_config
+from vclip.data.synthetic import SINGLE_FRAME_CLASSES, CLASSES, class_groups
+from vclip.engine.distributed import DistInfo
+from vclip.engine.trainer import train
+
+
+def test_tiny_run_learns_single_frame_classes(synth, make_config):
+    """~150 steps of the tiny CLIP (4 frames of 32 px) from random init: the classes a single frame
+    separates are recognised far above chance (1/12); the order pairs cannot be, by construction."""
+    path = make_config("learn", data={"batch_size": 16},
+                       train={"epochs": 16, "lr": 1e-3, "warmup_epochs": 1, "log_every": 20, "eval_every": 16})
+    cfg = load_config([str(path)])
+    results = train(cfg)
+    chance = 1 / len(CLASSES)
+
+    # re-score the saved model with per-group accuracy
+    from vclip.engine import data as run_data
+    from vclip.engine.checkpoint import load_checkpoint
+    from vclip.engine.evaluate import evaluate_method
+    from vclip.methods import build_method, make_vocabulary
+
+    names = run_data.class_names(cfg)
+    method = build_method(cfg)
+    method.load_state_dict(load_checkpoint(cfg.run_dir / "checkpoints" / "last")[0])
+    again = evaluate_method(method, run_data.eval_dataset(cfg, names), make_vocabulary(cfg, names), cfg,
+                            DistInfo(0, 1, 0, torch.device("cpu")), subsets=class_groups())
+    single = again["subsets"]["single_frame"]
+    assert single["num_videos"] == 4 * 4
+    assert again["top1"] == results["top1"]  # the run's final evaluation is reproduced exactly
+    assert single["top1"] >= 2 * chance + 0.05, (single, results["per_class_accuracy"])
+    per_class = [results["per_class_accuracy"][c] for c in SINGLE_FRAME_CLASSES]
+    assert single["top1"] == pytest.approx(sum(per_class) / len(per_class))
+    # the loss went down
+    losses = [m["loss"] for m in read_metrics(cfg.run_dir) if "loss" in m]
+    assert losses[-1] < losses[0]
+
+
+# ------------------------------------------------------------------------------------- resume
+
+RESUME_TRAIN = {"epochs": 3, "lr": 1e-3, "warmup_epochs": 1, "log_every": 1, "seed": 3}
+
+
+def _config(synth: Path, out: Path, name: str, **over) -> Path:
+    cfg = deep_update(base_config(synth, out / "runs", name), {"data": {"val_list": None}, "train": dict(RESUME_TRAIN)})
+    deep_update(cfg, over)
+    path = out / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(synth, tmp_path_factory):
+    """An uninterrupted run (3 epochs × 18 steps) started in the background; ``reference()`` waits
+    for it and returns its run directory."""
+    out = tmp_path_factory.mktemp("reference")
+    proc = subprocess.Popen(vclip_cmd("train", "-c", _config(synth, out, "ref")), env=clean_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def wait() -> Path:
+        output, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, output
+        return out / "runs" / "ref"
+
+    yield wait
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def _kill_when(cmd: list[str], meta_path: Path, ready, timeout: float = 120) -> dict:
+    """Run ``cmd``, SIGKILL it as soon as ``meta_path`` holds a checkpoint with ``ready(meta)``;
+    return that meta."""
+    proc = subprocess.Popen(cmd, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            try:
+                meta = json.loads(meta_path.read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                meta = None
+            if meta is not None and ready(meta):
+                proc.send_signal(signal.SIGKILL)
+                break
+            if proc.poll() is not None:
+                break
+            time.sleep(0.005)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"the run was not killed (exit {proc.returncode}):\n{out}"
+    return meta
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    wa = load_file(str(a / "checkpoints" / "last" / "model.safetensors"))
+    wb = load_file(str(b / "checkpoints" / "last" / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def _last_losses(run_dir: Path) -> dict[int, float]:
+    """Step → logged loss; a resumed run re-logs the steps after its checkpoint: keep the last."""
+    return {m["step"]: m["loss"] for m in read_metrics(run_dir) if "loss" in m}
+
+
+def _check_resumed(ref_dir: Path, run_dir: Path) -> None:
+    meta = json.loads((run_dir / "checkpoints" / "last" / "meta.json").read_text())
+    assert meta["step"] == 3 * 18 and meta["epoch"] == 3
+    _assert_same_weights(ref_dir, run_dir)
+    ref, got = _last_losses(ref_dir), _last_losses(run_dir)
+    assert sorted(got) == list(range(1, 3 * 18 + 1))
+    assert got == ref  # every step's loss, bit for bit
+    assert "resumed from" in (run_dir / "log_rank0.txt").read_text()
+
+
+def test_sigkill_mid_epoch_then_resume_auto_is_exact(synth, tmp_path, reference):
+    """Checkpoints every 4 steps (and one data worker); SIGKILL as soon as a mid-epoch checkpoint
+    exists; ``vclip train --resume auto`` finishes the run."""
+    cfg = _config(synth, tmp_path, "killed", train={"save_every": 4}, data={"num_workers": 1})
+    run_dir = tmp_path / "runs" / "killed"
+    meta = _kill_when(vclip_cmd("train", "-c", cfg), run_dir / "checkpoints" / "last" / "meta.json",
+                      lambda m: m["micro_in_epoch"] > 0)
+    assert 0 < meta["step"] < 3 * 18 and meta["step"] % 18, meta  # a mid-epoch checkpoint
+    p = run(vclip_cmd("train", "-c", cfg, "--resume", "auto"))
+    assert "Traceback" not in p.stderr
+    _check_resumed(reference(), run_dir)
+
+
+def test_sigkill_after_epoch_end_checkpoint_then_resume(synth, tmp_path, reference):
+    """Only epoch-end checkpoints; SIGKILL once the first one exists (during epoch 2); resume."""
+    cfg = _config(synth, tmp_path, "killed2")
+    run_dir = tmp_path / "runs" / "killed2"
+    meta = _kill_when(vclip_cmd("train", "-c", cfg), run_dir / "checkpoints" / "last" / "meta.json",
+                      lambda m: m["epoch"] >= 1)
+    assert meta["micro_in_epoch"] == 0 and meta["epoch"] in (1, 2), meta
+    run(vclip_cmd("train", "-c", cfg, "--resume", "auto"))
+    _check_resumed(reference(), run_dir)
+
+
+def test_resume_of_a_finished_run_does_nothing(synth, tmp_path, reference):
+    """``--resume auto`` on a finished run trains no further step."""
+    ref_dir = reference()
+    before = load_file(str(ref_dir / "checkpoints" / "last" / "model.safetensors"))
+    cfg = load_config([str(ref_dir / "config.yaml")])
+    summary = train(cfg, resume="auto")
+    assert summary["training"]["steps"] == 3 * 18
+    after = load_file(str(ref_dir / "checkpoints" / "last" / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_resume_errors(synth, make_config):
+    from vclip.errors import CheckpointError
+
+    cfg = load_config([str(make_config("noresume"))], ["train.max_steps=2", "data.val_list=null"])
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        train(cfg, resume=str(cfg.run_dir / "nope"))
+    # --resume auto without a checkpoint starts from scratch
+    assert train(cfg, resume="auto")["training"]["steps"] == 2
+
+
+def test_max_steps_caps_the_schedule(synth, make_config):
+    """``train.max_steps`` below the epochs' steps: the run stops there and the cosine ends there
+    (the last step's LR is near ``min_lr``); above them it changes nothing."""
+    cfg = load_config([str(make_config("cap"))], ["train.max_steps=5", "data.val_list=null", "train.epochs=2"])
+    assert train(cfg)["training"]["steps"] == 5
+    lrs = [m["lr"] for m in read_metrics(cfg.run_dir)]
+    assert len(lrs) == 5 and lrs[0] == pytest.approx(1e-3) and lrs[-1] < 0.2e-3
+    cfg = load_config([str(make_config("nocap"))], ["train.max_steps=1000", "data.val_list=null", "train.epochs=1"])
+    assert train(cfg)["training"]["steps"] == 18
+    assert read_metrics(cfg.run_dir)[-1]["lr"] < 0.05e-3  # the schedule ended with the run
+
+
+def test_accumulation_equals_a_larger_batch(synth, make_config):
+    """2 micro-batches of 4 accumulated = one batch of 8 (no augmentation randomness differs: the
+    samples' draws depend on (seed, epoch, index) only)."""
+    common = ["data.val_list=null", "train.max_steps=3"]
+    a = load_config([str(make_config("big"))], common + ["data.batch_size=8"])
+    b = load_config([str(make_config("accum"))], common + ["data.batch_size=4", "train.accum_steps=2"])
+    train(a)
+    train(b)
+    la, lb = _last_losses(a.run_dir), _last_losses(b.run_dir)
+    assert sorted(la) == sorted(lb) == [1, 2, 3]
+    for s in la:
+        assert lb[s] == pytest.approx(la[s], abs=1e-5)
