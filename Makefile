@@ -22,4 +22,4 @@ test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest -q tests
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/vclip selfcheck
+	$(VENV)/bin/vclip demo

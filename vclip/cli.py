@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "vclip.text.commands",
     "vclip.methods.wise",
     "vclip.protocols.commands",
+    "vclip.bench.commands",
 ]
 
 

@@ -1,6 +1,5 @@
 """Bad weight files give a clear CheckpointError naming the file."""
 
-import pickle
 
 import pytest
 import torch

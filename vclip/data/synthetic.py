@@ -128,6 +128,8 @@ class SynthConfig:
     seed: int = 0
     gop: int = 8  # keyframe interval (frames)
     crf: int = 20
+    #: background texture contrast (1 = the default busy texture; 0 = flat colour)
+    texture_contrast: float = 1.0
 
     def __post_init__(self):
         if isinstance(self.size, (int, np.integer)):
@@ -142,6 +144,8 @@ class SynthConfig:
             raise ConfigError("fps and gop must be >= 1")
         if self.videos_per_class < 2:
             raise ConfigError(f"videos_per_class must be >= 2 (train and val), got {self.videos_per_class}")
+        if not 0 <= self.texture_contrast <= 2:
+            raise ConfigError(f"texture_contrast must be in [0, 2], got {self.texture_contrast}")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
 
@@ -218,11 +222,12 @@ def _interp_matrix(n_out: int, n_in: int) -> np.ndarray:
     return m
 
 
-def _texture(seed: int, h: int, w: int) -> np.ndarray:
-    """A world texture float32 [h, w, 3] in [0, 1]: smooth colour blobs, stripes, fine grain."""
+def _texture(seed: int, h: int, w: int, contrast: float = 1.0) -> np.ndarray:
+    """A world texture float32 [h, w, 3] in [0, 1]: smooth colour blobs, stripes, fine grain;
+    ``contrast`` scales everything but the mean colour."""
     rng = np.random.default_rng(seed)
     base = rng.uniform(0.25, 0.75, 3)
-    grid = base[:, None, None] + rng.normal(0, 0.18, (3, 6, 6))
+    grid = base[:, None, None] + contrast * rng.normal(0, 0.18, (3, 6, 6))
     my, mx = _interp_matrix(h, 6), _interp_matrix(w, 6)
     blobs = np.einsum("yi,cij,xj->yxc", my, grid, mx)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -230,7 +235,7 @@ def _texture(seed: int, h: int, w: int) -> np.ndarray:
     lam = rng.uniform(6, 14)
     stripes = np.sin(2 * math.pi * (xx * math.cos(phi) + yy * math.sin(phi)) / lam)
     grain = rng.normal(0, 0.04, (h, w, 1))
-    tex = blobs + 0.08 * stripes[..., None] + grain
+    tex = blobs + contrast * (0.08 * stripes[..., None] + grain)
     return np.clip(tex, 0, 1).astype(np.float32)
 
 
@@ -326,7 +331,7 @@ def render_clip(label: int, params: dict, cfg: SynthConfig) -> np.ndarray:
     F_ = cfg.frames
     backward = label in _BACKWARD or (label in SINGLE_FRAME_CLASSES and params["reverse"])
     m = params["margin"]
-    tex = _texture(params["texture_seed"], h + 2 * m + 1, w + 2 * m + 1)
+    tex = _texture(params["texture_seed"], h + 2 * m + 1, w + 2 * m + 1, cfg.texture_contrast)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
     out = np.empty((F_, h, w, 3), np.uint8)
     for i in range(F_):
@@ -472,7 +477,7 @@ def _cmd_synth(args) -> int:
     cfg = SynthConfig(
         size=_parse_size(args.size), frames=args.frames, fps=args.fps,
         videos_per_class=args.videos_per_class, val_fraction=args.val_fraction,
-        seed=args.seed, gop=args.gop,
+        seed=args.seed, gop=args.gop, texture_contrast=args.texture_contrast,
     )
     s = generate(args.out, cfg, workers=args.workers, progress=not args.quiet)
     print(
@@ -495,6 +500,8 @@ def register_cli(data_subparsers) -> None:
     p.add_argument("--size", default="96", help="N (square) or WxH, even numbers (default 96)")
     p.add_argument("--fps", type=int, default=8)
     p.add_argument("--gop", type=int, default=8, help="keyframe interval in frames")
+    p.add_argument("--texture-contrast", type=float, default=1.0,
+                   help="background texture contrast (1 = busy default, 0 = flat colour)")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="parallel processes (default: min(4, CPUs))")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
