@@ -145,10 +145,16 @@ def test_file_errors(tmp_path):
 def test_shipped_configs_load():
     from pathlib import Path
 
-    files = sorted((Path(__file__).parents[2] / "configs").rglob("*.yaml"))
-    assert files
-    for f in files:
+    from vclip.protocols.runner import load_data_spec
+
+    root = Path(__file__).parents[2] / "configs"
+    specs = sorted((root / "protocols").glob("*.yaml"))  # dataset specs for `vclip run --data`
+    runs = sorted(f for f in root.rglob("*.yaml") if f not in specs)
+    assert runs and specs
+    for f in runs:
         load_config([str(f)])
+    for f in specs:
+        assert load_data_spec(f)
 
 
 def test_saved_config_round_trips(tmp_path):
