@@ -4,14 +4,14 @@
    which 8 form 4 *order pairs* that only frame order separates (a clip of one member reversed is a
    clip of the other) and 4 are told apart by any single frame.
 2. Builds one small CLIP (``tiny``) from random initialisation — no weights can be downloaded here —
-   and gives its text tower a few seconds of *text warm-up*: it is trained to map the 12 class names
-   to distinct embeddings. This stands in for what a pretrained CLIP text encoder already knows
-   ("moving left" and "moving right" are different sentences). Without it, a random text tower
-   embeds the two names of a pair almost identically (cosine 0.7–0.97), and training from there
-   sits on a symmetric saddle: the video side has no reason to see order while the two texts are
-   the same, and the texts have no reason to part while the video side is order-blind.
-3. Trains each method from that same CLIP, text tower frozen (X-CLIP's default; the baseline gets the
-   same), with the regular engine (``vclip.engine.trainer.train``).
+   and saves it, so that every method starts from the same weights.
+3. Trains each method from that CLIP with its text tower frozen (X-CLIP's default ``fix_text``; the
+   baseline gets the same ``model.freeze_text``), with the regular engine
+   (``vclip.engine.trainer.train``). A frozen random text tower still gives every class a fixed,
+   distinct target. Trained from random initialisation instead (``--train-text``), it starts with
+   the two names of a pair almost alike and training sits on a symmetric saddle: the video side
+   has no reason to see order while the two texts are alike, and the texts have no reason to part
+   while the video side is order-blind — X-CLIP then stays near chance within the pairs.
 4. Evaluates on the held-out videos and prints: overall top-1, single-frame classes, order-pair
    classes, and *within-pair* accuracy — for each order-pair video, whether the model prefers its
    class over the pair's other member. A frame-order-blind model (CLIP-mean pools frames) is at
@@ -52,7 +52,6 @@ DEMO_BASE = {
 DEMO_SYNTH = {"size": (32, 32), "videos_per_class": 500, "texture_contrast": 0.0}
 DEMO_ARCH = "tiny"
 DEMO_STEPS = 4000
-TEXT_WARMUP_STEPS = 200
 
 #: the methods the demo compares: (name in the table, method, extra config)
 DEMO_METHODS = [
@@ -67,6 +66,8 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=int, default=DEMO_STEPS, help="optimizer steps per method")
     p.add_argument("--methods", default=None, help="comma-separated method names (default: all available)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-text", action="store_true",
+                   help="train the text tower too (an ablation: the random text tower then stalls X-CLIP)")
     p.set_defaults(handler=_demo)
 
 
@@ -97,43 +98,9 @@ def ensure_synthetic(out: Path, seed: int = 0) -> Path:
     return out
 
 
-def text_warmup(clip, class_names: list[str], steps: int = TEXT_WARMUP_STEPS, lr: float = 1e-3,
-                scale: float = 10.0) -> tuple[float, float]:
-    """Train ``clip``'s text tower so the class names get distinct embeddings: cross-entropy of each
-    name against all names under cosine similarity × ``scale`` (a text-only stand-in for pretraining).
-    Returns the largest cosine between two different names before and after."""
-    import torch
-    import torch.nn.functional as F
-
-    from vclip.backbone.tokenizer import get_tokenizer
-
-    tokens = get_tokenizer()(class_names, context_length=clip.config.text.context_length)
-    params = [p for p in clip.text.parameters()]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    target = torch.arange(len(class_names))
-
-    def similarity():
-        e = F.normalize(clip.text(tokens).embeds, dim=-1)
-        return e @ e.t()
-
-    def worst(sim):
-        return float((sim - 2 * torch.eye(len(class_names))).max())
-
-    with torch.no_grad():
-        before = worst(similarity())
-    for _ in range(steps):
-        loss = F.cross_entropy(scale * similarity(), target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        after = worst(similarity())
-    return before, after
-
-
-def initial_clip(out: Path, class_names: list[str], seed: int = 0) -> Path:
-    """The CLIP every demo method starts from: ``DEMO_ARCH`` at random init (seeded) with a
-    warmed-up text tower, saved as a vclip weight directory ``out``."""
+def initial_clip(out: Path, seed: int = 0) -> Path:
+    """The CLIP every demo method starts from: ``DEMO_ARCH`` at random init (seeded), saved as a
+    vclip weight directory ``out``."""
     import torch
 
     from vclip.backbone import CLIP, get_config
@@ -142,12 +109,16 @@ def initial_clip(out: Path, class_names: list[str], seed: int = 0) -> Path:
     torch.manual_seed(seed)
     arch = get_config(DEMO_ARCH)
     arch.vision.image_size = DEMO_SYNTH["size"][0]
-    clip = CLIP(arch)
-    before, after = text_warmup(clip, class_names)
-    print(f"text warm-up ({TEXT_WARMUP_STEPS} steps): largest cosine between two class names "
-          f"{before:.2f} -> {after:.2f}", flush=True)
-    save_clip(clip, out)
+    save_clip(CLIP(arch), out)
     return out
+
+
+def train_text_override(method: str) -> dict:
+    """Config override that makes ``method`` train its text tower (``--train-text``)."""
+    over = {"model": {"freeze_text": False}}
+    if method == "xclip":
+        over["model"]["options"] = {"fix_text": False}
+    return over
 
 
 def pair_accuracy(scores: np.ndarray, targets: np.ndarray) -> float | None:
@@ -235,6 +206,15 @@ def plot(rows: list[dict], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _command(args) -> str:
+    parts = ["vclip demo", f"--out {args.out}", f"--steps {args.steps}", f"--seed {args.seed}"]
+    if args.methods:
+        parts.append(f"--methods {args.methods}")
+    if args.train_text:
+        parts.append("--train-text")
+    return " ".join(parts)
+
+
 def _machine() -> dict:
     import platform
 
@@ -253,6 +233,7 @@ def _machine() -> dict:
 
 
 def _demo(args) -> int:
+    from vclip.errors import ConfigError
     from vclip.methods import METHODS
 
     logging.getLogger("vclip.methods").setLevel(logging.ERROR)  # random init is the point here
@@ -261,26 +242,23 @@ def _demo(args) -> int:
     wanted = args.methods.split(",") if args.methods else [m for _, m, _ in DEMO_METHODS if m in METHODS]
     unknown = [m for m in wanted if m not in METHODS]
     if unknown:
-        from vclip.errors import ConfigError
-
         raise ConfigError(f"--methods: unknown method(s) {unknown}; available: {', '.join(METHODS)}")
     data_dir = ensure_synthetic(out / "data", seed=args.seed)
-    from vclip.data.synthetic import CLASSES
-
-    init = initial_clip(out / "init_clip", list(CLASSES), seed=args.seed)
+    init = initial_clip(out / "init_clip", seed=args.seed)
     rows = []
     for label, method, extra in DEMO_METHODS + [(m, m, {}) for m in wanted if m not in {x[1] for x in DEMO_METHODS}]:
         if method not in wanted:
             continue
         print(f"training {label} ({args.steps} steps, {DEMO_ARCH} CLIP, {DEMO_BASE['data']['image_size']} px, "
               f"{DEMO_BASE['data']['num_frames']} frames) ...", flush=True)
+        if args.train_text:
+            extra = _deep(extra, train_text_override(method))
         rows.append(run_method(label, method, extra, data_dir, out, args.steps, args.seed, init))
     table = print_table(rows)
     print()
     print(table)
     record = {"rows": rows, "table": table, "total_seconds": round(time.time() - started, 1),
-              "command": "vclip demo " + " ".join(f"--{k} {v}" for k, v in vars(args).items()
-                                                  if k in ("out", "steps", "methods", "seed") and v is not None),
+              "command": _command(args),
               "machine": _machine()}
     tmp = out / "demo_results.json.tmp"
     tmp.write_text(json.dumps(record, indent=2))
