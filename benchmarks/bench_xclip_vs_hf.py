@@ -123,7 +123,7 @@ def verify(hf, method, ids, vocab, device, size: int, frames: int, tolerance: fl
     video = torch.randn(2, frames, 3, size, size, generator=g).to(device)
     with torch.no_grad():
         ref = hf(input_ids=ids, pixel_values=video).logits_per_video
-        ours = method(video, vocab)
+        ours = method(video, vocab).logits
         path = hf_video_logits(hf, video, hf_text_embeds(hf, ids))
     err, err_path = rel_err(ours, ref), rel_err(path, ref)
     if not (err <= tolerance and err_path <= 1e-6):

@@ -3,7 +3,9 @@
 Each area of the package contributes its sub-commands through a ``register(subparsers)`` function
 (``vclip.backbone.commands``, ``vclip.data.commands``, ...). Handlers receive the parsed
 ``argparse.Namespace`` and return an exit code. ``VclipError`` is printed as one line, never as a
-traceback.
+traceback. A command module that cannot be imported (a missing dependency, a broken install) is
+such an error too — exit status 2, the module and the import error named — never a silently
+missing command; ``-v`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 
 from vclip.errors import VclipError
 
@@ -29,23 +32,37 @@ COMMAND_MODULES = [
 ]
 
 
+class CommandImportError(VclipError):
+    """A module of :data:`COMMAND_MODULES` could not be imported or has no ``register``."""
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``vclip`` parser with every command of :data:`COMMAND_MODULES`; raises
+    :class:`CommandImportError` (the cause chained) when one of them cannot be loaded."""
     parser = argparse.ArgumentParser(prog="vclip", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
-        except ModuleNotFoundError as e:  # an area not built yet
-            if e.name == name:
-                continue
-            raise
-        module.register(sub)
+        except Exception as e:  # ImportError above all, but any failure while importing counts
+            why = " ".join(str(e).split())  # one line
+            raise CommandImportError(f"cannot load the commands of {name}: {type(e).__name__}: {why}") from e
+        register = getattr(module, "register", None)
+        if not callable(register):
+            raise CommandImportError(f"cannot load the commands of {name}: it has no register(subparsers)")
+        register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except CommandImportError as e:
+        if e.__cause__ is not None and {"-v", "--verbose"} & set(sys.argv[1:] if argv is None else argv):
+            traceback.print_exception(e.__cause__)
+        print(f"vclip: error: {e}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

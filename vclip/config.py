@@ -41,6 +41,12 @@ class ModelConfig:
     templates: Optional[list[str]] = None
     freeze_text: bool = False
     freeze_vision: bool = False
+    #: freeze τ (logit_scale); None: the method's rule (frozen with the text tower where the paper
+    #: fixes τ: X-CLIP, ViLT-CLIP), else trainable
+    freeze_logit_scale: Optional[bool] = None
+    #: a vclip training checkpoint whose weights initialise the whole method (CLIP and the method's
+    #: own modules), after ``pretrained``/``arch`` built it — e.g. few-shot from a K400-trained run
+    init_checkpoint: Optional[str] = None
     grad_checkpointing: bool = False
     #: method-specific options, validated against the method's ``Options`` dataclass
     options: dict = field(default_factory=dict)
@@ -90,6 +96,11 @@ class TrainConfig:
     lr: float = 8e-6
     #: LR multiplier of the modules a method adds to CLIP
     lr_mult_new: float = 10.0
+    #: LR multiplier per parameter group of the method (``clip`` and the method's
+    #: ``parameter_groups``), overriding lr_mult_new and the method's defaults
+    lr_mults: dict = field(default_factory=dict)
+    #: weight of each loss term the method returns (default: the method's ``loss_weights``)
+    loss_weights: dict = field(default_factory=dict)
     weight_decay: float = 0.001
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-8
@@ -278,15 +289,10 @@ def load_config(files: list[str] | tuple[str, ...] = (), overrides: list[str] | 
 
 
 def validate(cfg: RunConfig) -> None:
-    """Cross-field checks (types were checked while parsing)."""
-    from vclip.methods import METHODS  # late import: methods import the backbone
-
+    """Cross-field checks of the schema (types were checked while parsing). What depends on the
+    method (its name, options, loss terms, parameter groups) is checked by
+    ``vclip.methods.check_config``: the config schema does not depend on the model zoo."""
     m, d, t, e = cfg.model, cfg.data, cfg.train, cfg.eval
-    if m.method not in METHODS:
-        close = difflib.get_close_matches(m.method, list(METHODS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"model.method: unknown method {m.method!r}{hint} (known: {', '.join(METHODS)})")
-    METHODS[m.method].parse_options(m.options)  # raises ConfigError naming model.options.<key>
     for tmpl in m.templates or []:
         if tmpl.startswith("@"):
             continue
@@ -309,11 +315,6 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.lr: must be > 0, got {t.lr}")
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
         raise ConfigError(f"train.betas: expected two values in [0, 1), got {t.betas}")
-    if m.freeze_text and m.freeze_vision and not METHODS[m.method].adds_modules:
-        raise ConfigError(
-            f"model.freeze_text and model.freeze_vision are both true: method {m.method!r} adds no modules of "
-            "its own, so nothing would be trained"
-        )
     if t.precision == "fp16" and cfg.device == "cpu":
         raise ConfigError("train.precision: fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
     aug = d.aug
@@ -326,8 +327,6 @@ def validate(cfg: RunConfig) -> None:
 
 def save_config(cfg: RunConfig, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    os.replace(tmp, path)
+    from vclip.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vclip.io import atomic_write, atomic_write_text
+
 log = logging.getLogger(__name__)
 
 #: settings shared by every demo run (a CPU-sized version of the usual recipe)
@@ -201,9 +203,8 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_ylim(0, 100)
     ax.set_title("synthetic motion set: frame order only a temporal model can see")
     ax.legend()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    with atomic_write(path, suffix=path.suffix) as tmp:  # matplotlib picks the format from the suffix
+        fig.savefig(tmp)
 
 
 def _command(args) -> str:
@@ -260,9 +261,7 @@ def _demo(args) -> int:
     record = {"rows": rows, "table": table, "total_seconds": round(time.time() - started, 1),
               "command": _command(args),
               "machine": _machine()}
-    tmp = out / "demo_results.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, out / "demo_results.json")
+    atomic_write_text(out / "demo_results.json", json.dumps(record, indent=2))
     plot(rows, out / "demo.png")
     print(f"\nwrote {out / 'demo_results.json'} and {out / 'demo.png'}")
     return 0

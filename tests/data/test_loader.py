@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from vclip.data.loader import EpochKeySampler, ExactDistributedSampler, build_loader, set_epoch
+from vclip.data.loader import EpochKeySampler, ExactDistributedSampler, build_loader
 
 
 class KeyDataset(torch.utils.data.Dataset):
@@ -56,7 +56,7 @@ def test_train_loader_epochs_and_shards():
     e0 = [i for b in loader for i in b["index"].tolist()]
     e1 = [i for b in loader for i in b["index"].tolist()]
     assert len(e0) == 9 and e0 != e1  # drop_last, new order each epoch
-    set_epoch(loader, 0)
+    loader.sampler.set_epoch(0)
     assert [i for b in loader for i in b["index"].tolist()] == e0
     # two training ranks: DistributedSampler shards (padding allowed in training)
     r0 = build_loader(ds, 5, train=True, num_workers=0, seed=5, rank=0, world_size=2, drop_last=False)
@@ -70,7 +70,7 @@ def run_epochs(seed, workers):
     loader = build_loader(ds, batch_size=4, train=True, num_workers=workers, seed=seed)
     out = []
     for epoch in range(2):
-        set_epoch(loader, epoch)
+        loader.sampler.set_epoch(epoch)
         for b in loader:
             out.append((b["index"].tolist(), b["draw"].tolist(), b["global"].tolist()))
     return out

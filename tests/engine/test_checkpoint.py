@@ -306,3 +306,30 @@ def test_rejects_non_plain_train_state(tmp_path):
     with pytest.raises(ValueError, match="tag"):
         mgr.save("../x", model_state={}, train_state={}, meta={})
     assert mgr.latest() is None
+
+
+def test_save_checkpoint_standalone_directory(tmp_path, monkeypatch):
+    """The public one-shot writer (used by `vclip wise`): loadable, atomic, refuses a non-empty target."""
+    out = tmp_path / "sub" / "wise"
+    p = ckpt.save_checkpoint(out, model_state(3), meta={"step": 0, "note": "x"}, tag="wise")
+    assert p == out
+    ms, ts, meta = load_checkpoint(out)
+    assert ts == {} and meta["tag"] == "wise" and meta["note"] == "x" and "time" in meta
+    for k, v in model_state(3).items():
+        assert torch.equal(ms[k], v)
+    assert sorted(x.name for x in out.parent.iterdir()) == ["wise"]  # no temporary folder left
+    with pytest.raises(CheckpointError, match="not an empty folder"):
+        ckpt.save_checkpoint(out, model_state(4))
+    assert load_checkpoint(out)[2]["note"] == "x"
+    # a failure while writing leaves nothing under the final name and no temporary folder
+    def broken_save(obj, f, *a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.save_checkpoint(tmp_path / "other", model_state(5))
+    assert list(tmp_path.glob("*other*")) == []
+    monkeypatch.undo()
+    (tmp_path / "empty").mkdir()  # an existing empty folder is fine
+    assert ckpt.save_checkpoint(tmp_path / "empty", model_state(6)).joinpath(ckpt.META_FILE).is_file()
+    assert load_checkpoint(tmp_path / "empty")[2]["tag"] == "empty"

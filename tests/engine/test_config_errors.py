@@ -8,6 +8,7 @@ import yaml
 
 from vclip.config import RunConfig, load_config, save_config
 from vclip.errors import ConfigError
+from vclip.methods import load_run_config
 
 
 def write(path, text: str):
@@ -64,10 +65,25 @@ def test_wrong_type_names_the_key(override, match):
     (["train.lr=0"], r"train\.lr: must be > 0"),
     (["train.max_steps=0"], r"train\.max_steps: must be >= 1 \(or null\)"),
     (["train.save_every=0"], r"train\.save_every: must be >= 1"),
+    (["train.loss_weights={cee: 0.5}"], r"train\.loss_weights\.cee: method 'clip' has no such loss term; "
+                                         r"did you mean 'ce'\?"),
+    (["model.method=ost", "train.loss_weights={kl_v2t: -1}"], r"train\.loss_weights\.kl_v2t: expected a number >= 0"),
+    (["model.method=xclip", "train.lr_mults={neww: 3}"], r"train\.lr_mults\.neww: .* did you mean 'new'\? "
+                                                          r"\(its parameter groups: clip, new\)"),
 ])
 def test_impossible_combinations(overrides, match):
+    """What the commands load (``load_run_config``: the schema, then the method's own checks)."""
     with pytest.raises(ConfigError, match=match):
-        load_config([], overrides)
+        load_run_config([], overrides)
+
+
+def test_the_config_schema_does_not_import_the_methods():
+    import subprocess
+    import sys
+
+    code = ("import sys; from vclip.config import load_config; load_config([], ['model.method=mine']); "
+            "sys.exit(any(m.startswith('vclip.methods') for m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 def test_fp16_on_a_cpu_only_machine_is_refused_at_start(synth, make_config):

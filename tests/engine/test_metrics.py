@@ -81,6 +81,20 @@ def test_dedup_by_index():
     assert len(acc) == 5
 
 
+def test_local_arrays():
+    acc = Accumulator(num_classes=3)
+    scores, targets, indices = acc.local_arrays()
+    assert scores.shape == (0, 3) and targets.shape == indices.shape == (0,)
+    acc.add(SCORES[:3], TARGETS[:3], [2, 0, 1])
+    acc.add(SCORES[[0]], TARGETS[[0]], [2])  # a padded repeat
+    scores, targets, indices = acc.local_arrays()
+    assert indices.tolist() == [2, 0, 1, 2] and scores.dtype == np.float32 and targets.dtype == np.int64
+    assert np.array_equal(scores[:3], SCORES[:3].numpy())
+    acc.gather()  # merged and de-duplicated: sorted by index
+    scores, targets, indices = acc.local_arrays()
+    assert indices.tolist() == [0, 1, 2] and targets.tolist() == TARGETS[[1, 2, 0]].tolist()
+
+
 def test_inconsistent_duplicates_raise():
     acc = Accumulator()
     acc.add(SCORES, TARGETS, range(5))

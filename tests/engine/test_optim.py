@@ -29,8 +29,11 @@ class Toy(nn.Module):
         self.prompts.mlp = nn.Linear(4, 4, bias=True)                             # new / decay, no
 
 
-def is_new(name):
-    return name.startswith(("mit.", "prompts."))
+def group_of(name):
+    return "new" if name.startswith(("mit.", "prompts.")) else "clip"
+
+
+NEW = dict(group_of=group_of, lr_mults={"new": 10.0})  # X-CLIP's two levels
 
 
 def groups_by_name(groups):
@@ -39,7 +42,7 @@ def groups_by_name(groups):
 
 def test_param_groups_split():
     m = Toy()
-    groups = param_groups(m, lr=1e-3, weight_decay=0.05, lr_mult_new=10.0, is_new=is_new)
+    groups = param_groups(m, lr=1e-3, weight_decay=0.05, **NEW)
     g = groups_by_name(groups)
     assert [x["name"] for x in groups] == ["clip/decay", "clip/no_decay", "new/decay", "new/no_decay"]
     assert sorted(g["clip/decay"]["param_names"]) == ["visual.conv1.weight", "visual.proj"]
@@ -65,8 +68,8 @@ def test_wrapper_prefixes_are_ignored():
     wrapper = nn.Module()
     wrapper.module = nn.Module()
     wrapper.module._orig_mod = Toy()
-    a = groups_by_name(param_groups(wrapper, lr=1.0, weight_decay=0.1, is_new=is_new))
-    b = groups_by_name(param_groups(Toy(), lr=1.0, weight_decay=0.1, is_new=is_new))
+    a = groups_by_name(param_groups(wrapper, lr=1.0, weight_decay=0.1, **NEW))
+    b = groups_by_name(param_groups(Toy(), lr=1.0, weight_decay=0.1, **NEW))
     assert {k: sorted(g["param_names"]) for k, g in a.items()} == {k: sorted(g["param_names"]) for k, g in b.items()}
 
 
@@ -78,7 +81,7 @@ def test_empty_groups_omitted_and_default_all_clip():
 
 def test_build_optimizer():
     m = Toy()
-    opt = build_optimizer(m, lr=8e-6, weight_decay=0.001, is_new=is_new)
+    opt = build_optimizer(m, lr=8e-6, weight_decay=0.001, **NEW)
     assert isinstance(opt, torch.optim.AdamW)
     assert opt.defaults["betas"] == (0.9, 0.98) and opt.defaults["eps"] == 1e-8
     assert not opt.defaults.get("fused")  # CPU parameters: not fused
@@ -91,7 +94,7 @@ def test_build_optimizer():
     buf = io.BytesIO()
     torch.save(opt.state_dict(), buf)
     buf.seek(0)
-    opt2 = build_optimizer(Toy(), lr=8e-6, weight_decay=0.001, is_new=is_new)
+    opt2 = build_optimizer(Toy(), lr=8e-6, weight_decay=0.001, **NEW)
     opt2.load_state_dict(torch.load(buf, weights_only=True))
 
 
@@ -108,7 +111,7 @@ LR, MIN, TOTAL, WARM = 1e-3, 1e-5, 100, 10
 
 def make_sched(lr=LR):
     m = Toy()
-    opt = build_optimizer(m, lr=lr, weight_decay=0.0, is_new=is_new)
+    opt = build_optimizer(m, lr=lr, weight_decay=0.0, **NEW)
     return m, opt, WarmupCosine(opt, total_steps=TOTAL, warmup_steps=WARM, min_lr=MIN)
 
 

@@ -203,3 +203,18 @@ def test_accumulation_equals_a_larger_batch(synth, make_config):
     assert sorted(la) == sorted(lb) == [1, 2, 3]
     for s in la:
         assert lb[s] == pytest.approx(la[s], abs=1e-5)
+
+
+def test_loss_is_the_weighted_sum_of_the_logged_terms(synth, make_config):
+    """``train.loss_weights`` scales the method's terms: the optimised (logged) loss is 0.25 · ce, the
+    ce term is logged as itself, and halving the weight halves the first step's loss exactly (same
+    seed, same batch)."""
+    common = ["data.val_list=null", "train.max_steps=2", "train.log_every=1"]
+    a = load_config([str(make_config("w1"))], common)
+    b = load_config([str(make_config("w025"))], common + ["train.loss_weights={ce: 0.25}"])
+    train(a)
+    train(b)
+    ma, mb = read_metrics(a.run_dir), read_metrics(b.run_dir)
+    assert [m["loss"] for m in ma] == pytest.approx([m["ce"] for m in ma], rel=1e-6)
+    assert [m["loss"] for m in mb] == pytest.approx([0.25 * m["ce"] for m in mb], rel=1e-6)
+    assert mb[0]["ce"] == pytest.approx(ma[0]["ce"], rel=1e-6)

@@ -123,7 +123,7 @@ def test_kl_loss_matches_official_batch_form():
     q = torch.softmax(10 * gt, 1)
     # official: KLDivLoss(reduction="mean") × batch size = the sum over B × B elements / B
     ref = sum(F.kl_div(F.log_softmax(x, 1), q, reduction="sum") / 6 for x in (lb, lb.t()))
-    assert torch.allclose(out["loss"], ref, atol=1e-6)
+    assert torch.allclose(out["kl_v2t"] + out["kl_t2v"], ref, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------- the method
@@ -143,7 +143,7 @@ def test_logits_fusion_and_cache():
     m.encode_vocabulary = lambda v: calls.append(1) or enc(v)
     video = torch.randn(2, 4, 3, m.clip.config.vision.image_size, m.clip.config.vision.image_size)
     with torch.no_grad():
-        official = m(video, vocab)
+        official = m(video, vocab).logits
         m(video, vocab)
         assert len(calls) == 1                                            # encoded once, then cached
         feats, cf = m.encode_video(video), m.class_features(vocab)
@@ -241,3 +241,26 @@ def test_ost_trains_and_evaluates_from_described_files(synth, tmp_path):
                                          f"model.options.wise_checkpoint={ckpt}", "model.options.wise_ratio=0.2"])
     r2 = evaluate(wise_cfg)
     assert r1["top1"] == r2["top1"] and r1["num_videos"] == r2["num_videos"] == 12
+
+
+def test_forward_with_targets_returns_both_kl_terms_or_ce():
+    """The training loss the trainer sums: both KL directions by name (official ``loss="kl"``), or one
+    cross-entropy (``loss="ce"``), from the logits of the same forward."""
+    m = _tiny_ost().eval()
+    vocab = Vocabulary(("a", "b", "c"), descriptors=[("x", "y", "step one", "step two")] * 3)
+    video = torch.randn(4, 4, 3, m.clip.config.vision.image_size, m.clip.config.vision.image_size)
+    y = torch.tensor([0, 2, 2, 1])
+    with torch.no_grad():
+        out = m(video, vocab, y)
+    ref = kl_contrastive_loss(out.logits, y)
+    assert set(out.losses) == {"kl_v2t", "kl_t2v"} and set(out.losses) <= set(OST.loss_weights)
+    for k in ref:
+        assert torch.equal(out.losses[k], ref[k])
+    lb = out.logits[:, y]
+    q = torch.softmax(10 * (y[:, None] == y[None, :]).float(), 1)
+    by_hand = sum(F.kl_div(F.log_softmax(x, 1), q, reduction="batchmean") for x in (lb, lb.t()))
+    assert torch.allclose(out.losses["kl_v2t"] + out.losses["kl_t2v"], by_hand, atol=1e-6)
+    m.options.loss = "ce"
+    with torch.no_grad():
+        ce = m(video, vocab, y).losses
+    assert set(ce) == {"ce"} and torch.allclose(ce["ce"], F.cross_entropy(out.logits, y), atol=1e-6)

@@ -75,7 +75,7 @@ def hf_logits(hf: XCLIPModel, video: torch.Tensor, names=NAMES) -> torch.Tensor:
 def vclip_logits(method: XCLIP, video: torch.Tensor, names=NAMES) -> torch.Tensor:
     method.eval()
     with torch.no_grad():
-        return method(video, Vocabulary(names))
+        return method(video, Vocabulary(names)).logits
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -285,10 +285,11 @@ def test_defaults_init_and_param_groups():
     assert torch.all(m.mit.resblocks[0].mlp.c_fc.bias == 0)
     assert float(m.mit.resblocks[0].mlp.c_fc.weight.detach().std()) == pytest.approx(0.02, rel=0.3)
     assert float(m.prompts_visual_proj.detach().std()) == pytest.approx(1.0, rel=0.2)  # official plain randn
-    new = {n for n, p in m.named_parameters() if m.is_new_parameter(n)}
+    new = {n for n, p in m.named_parameters() if m.parameter_group(n) == "new"}
     assert new and all(n.startswith(("message_", "mit.", "prompts_")) for n in new)
-    assert not any(m.is_new_parameter(n) for n, _ in m.clip.named_parameters(prefix="clip"))
-    m.freeze_text(False)
+    assert all(m.parameter_group(n) == "clip" for n, _ in m.clip.named_parameters(prefix="clip"))
+    assert m.lr_mults(10.0) == {"clip": 1.0, "new": 10.0}
+    m.freeze(text=False)
     assert m.text_trainable() and m.clip.logit_scale.requires_grad
 
 
@@ -302,10 +303,10 @@ def test_text_cache_and_forward_consistency():
     m.eval()
     with torch.no_grad():
         direct = m.logits(m.encode_video(video), m.encode_vocabulary(vocab))
-        assert torch.equal(m(video, vocab), direct)
+        assert torch.equal(m(video, vocab).logits, direct)
     # each video gets its own text features: swapping the videos swaps the rows
     with torch.no_grad():
-        swapped = m(video.flip(0), vocab)
+        swapped = m(video.flip(0), vocab).logits
     torch.testing.assert_close(swapped, direct.flip(0))
 
 
@@ -314,13 +315,13 @@ def test_grad_checkpointing_and_drop_path():
     m.train()
     video = torch.randn(2, 4, 3, 32, 32)
     vocab = Vocabulary(NAMES)
-    out = m(video, vocab)
+    out = m(video, vocab).logits
     out.sum().backward()
     grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
     assert "message_fc.0.weight" in grads and "mit.positional_embedding" in grads and "prompts_generator.alpha" in grads
     m.zero_grad()
     m.clip.set_grad_checkpointing(True)
-    out2 = m(video, vocab)
+    out2 = m(video, vocab).logits
     out2.sum().backward()
     torch.testing.assert_close(out2, out)
     for n, g in grads.items():

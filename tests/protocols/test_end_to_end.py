@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import json
 import time
 
 import pytest
+import torch
 
 from vclip.cli import main
 from vclip.data.annotations import read_label_csv
@@ -80,14 +83,23 @@ def test_few_shot_official_file_and_init_checkpoint(tmp_path, synth_protocol_dat
             p["list"] = str(data / p["list"])
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(s))
     first = ProtocolRun(run_dir=tmp_path / "a", data=load_data_spec(tmp_path / "spec.yaml"),
-                        config_files=[str(tiny_config)])
+                        config_files=[str(tiny_config)], overrides=["model.method=xclip"])
     run_few_shot(first, ["hmdb51"], shots=[2], seeds=[1])
     ckpt = first.checkpoint_of("fs_hmdb51_k2_s1")
+    # the second run starts from the whole first model, X-CLIP's own modules included (a near-zero LR
+    # keeps its 2 steps from moving the weights)
     run = ProtocolRun(run_dir=tmp_path / "b", data=load_data_spec(tmp_path / "spec.yaml"),
-                      config_files=[str(tiny_config)], init_checkpoint=ckpt)
+                      config_files=[str(tiny_config)], init_checkpoint=ckpt,
+                      overrides=["model.method=xclip", "train.lr=1e-12", "train.seed=7"])
     res = run_few_shot(run, ["hmdb51"], shots=[2], seeds=[1])
     assert res["splits"]["hmdb51_k2_s1"]["origin"] == "official"
-    assert res["sub_runs"]["fs_hmdb51_k2_s1"]["init"].endswith("clip.safetensors")
+    assert res["sub_runs"]["fs_hmdb51_k2_s1"]["init"] == str(Path(ckpt).resolve())
+    from safetensors.torch import load_file
+
+    a = load_file(str(Path(ckpt) / "model.safetensors"))
+    b = load_file(str(Path(run.checkpoint_of("fs_hmdb51_k2_s1")) / "model.safetensors"))
+    for k in ("mit.positional_embedding", "prompts_generator.alpha", "message_fc.0.weight", "clip.visual.proj"):
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
 
 
 def test_zero_shot(tmp_path, synth_protocol_data, tiny_config):

@@ -8,8 +8,9 @@ message tokens, token merging) is added by methods through the extension points 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
+from vclip.config import from_dict as dataclass_from_dict
 from vclip.errors import ConfigError
 
 
@@ -55,9 +56,9 @@ class CLIPConfig:
 
     def __post_init__(self):
         if isinstance(self.vision, dict):
-            self.vision = _from_dict(VisionConfig, self.vision, "vision")
+            self.vision = dataclass_from_dict(VisionConfig, self.vision, "vision")
         if isinstance(self.text, dict):
-            self.text = _from_dict(TextConfig, self.text, "text")
+            self.text = dataclass_from_dict(TextConfig, self.text, "text")
         self.validate()
 
     def validate(self) -> None:
@@ -79,15 +80,11 @@ class CLIPConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "CLIPConfig":
-        return _from_dict(cls, d, "config")
-
-
-def _from_dict(cls, d: dict, where: str):
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
-    return cls(**d)
+        """A config from :meth:`to_dict`'s layout (``vision``/``text`` as nested dicts), parsed by
+        :func:`vclip.config.from_dict`: unknown keys are rejected with a did-you-mean hint, values
+        are type-checked, and errors (:class:`~vclip.errors.ConfigError`) name the dotted key
+        (``vision.patch_size``)."""
+        return dataclass_from_dict(cls, d)
 
 
 def _vit(image, patch, width, layers, heads, embed, t_width, t_heads) -> CLIPConfig:

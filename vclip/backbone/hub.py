@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from vclip import __version__
 from vclip.errors import DownloadError
+from vclip.io import atomic_write_text
 
 try:  # POSIX
     import fcntl
@@ -150,10 +151,7 @@ def _write_sidecar(dest: Path, digest: str) -> None:
     a read-only cache only costs a re-hash on the next load."""
     try:
         st = dest.stat()
-        side = _sidecar(dest)
-        tmp = side.with_name(f"{side.name}.{os.getpid()}.tmp")
-        tmp.write_text(f"{digest} {st.st_size} {st.st_mtime_ns}\n")
-        os.replace(tmp, side)
+        atomic_write_text(_sidecar(dest), f"{digest} {st.st_size} {st.st_mtime_ns}\n")
     except OSError as e:
         log.debug("could not write %s: %s", _sidecar(dest), e)
 

@@ -11,21 +11,26 @@ hooks that do nothing) the computation is exactly plain CLIP. See ``docs/archite
 
 Block (pre-LN, as in CLIP), with the hook points marked::
 
-    x = hook.before_block(i, x)                       # (b) deep prompts replaced per layer
+    state.size = s                                    # before block 0's hooks (None = all 1)
+    x = hook.before_block(i, x)                       # (b) deep prompts replaced; (d) input taps
+    s = state.size                                    # a hook that adds/removes tokens updates it
     e = hook.extra_tokens(i, x)                       # (a) e.g. X-CLIP message tokens [N, E, D]
     x = x + Attn(LN1([x; e]))[:, :L]                  # extra tokens attend, then are dropped
     x, s = hook.merge(i, x, metric=k̄, size=s)         # (c) ToMe: merge between attention and MLP
     x = x + MLP(LN2(x))
+    state.size = s                                    # after every block, outside checkpointing
     x = hook.after_block(i, x)                        # (d) layer taps
 
     Attn(h) = softmax(q kᵀ / √d + log s) v            # log-size bias over keys when sizes are set
+
+At most one hook may implement ``merge`` (ValueError otherwise).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +38,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vclip.backbone.config import CLIPConfig, TextConfig, VisionConfig
-from vclip.backbone.hooks import ForwardState, TowerHook
+from vclip.backbone.hooks import ForwardState, TowerHook, check_single_merge
 
 
 class LayerNorm(nn.LayerNorm):
@@ -180,7 +185,8 @@ def drop_path_rates(rate: float, layers: int) -> list[float]:
 
 
 class Transformer(nn.Module):
-    """A stack of blocks; calls ``before_block``/``after_block`` hooks around each one."""
+    """A stack of blocks; calls ``before_block``/``after_block`` hooks around each one and keeps
+    ``state.size`` current at both points (see the module docstring)."""
 
     def __init__(
         self,
@@ -216,13 +222,20 @@ class Transformer(nn.Module):
         causal: bool = False,
         size: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        check_single_merge(hooks)
+        if state is not None:
+            state.size = size
         for i, block in enumerate(self.resblocks):
             for h in hooks:
                 x = h.before_block(i, x, state)
+            if state is not None:
+                size = state.size
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
                 x, size = checkpoint(block, x, size, hooks, state, i, causal, use_reentrant=False)
             else:
                 x, size = block(x, size, hooks, state, i, causal)
+            if state is not None:
+                state.size = size
             for h in hooks:
                 x = h.after_block(i, x, state)
         return x, size
@@ -237,7 +250,8 @@ class TowerOutput:
     (vision: class token first, then patches, then any tokens a hook appended); set when
     ``return_tokens=True``.
     ``pooled``: the pooled token after the final LayerNorm, before projection [N, width].
-    ``state``: the forward state, holding what hooks recorded (``state.taps`` for layer taps).
+    ``state``: the forward state, holding what hooks recorded (``state.taps`` / ``state.input_taps``
+    for layer taps, ``state.size`` for the final token sizes, ``state.source`` with source tracking).
     """
 
     embeds: torch.Tensor
@@ -280,6 +294,13 @@ class VisionTransformer(nn.Module):
                 "resize the input or load the weights with image_size=... to interpolate the positional embedding"
             )
         return x + self.positional_embedding.to(x.dtype)
+
+    def project_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``ln_post`` + ``proj`` on any tokens [..., width] → [..., embed_dim], e.g. region tokens
+        (``return_tokens=True``) into the joint space. On the class token ``tokens[:, 0]`` this is
+        exactly (bit for bit) the tower's ``embeds``."""
+        h = self.ln_post(tokens)
+        return h @ self.proj.to(h.dtype)
 
     def forward(
         self,

@@ -24,9 +24,9 @@ import json
 import logging
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
+from typing import Callable, Mapping
 
 import torch
 
@@ -34,6 +34,7 @@ from vclip.backbone import convert
 from vclip.backbone.config import CLIPConfig
 from vclip.backbone.model import CLIP, interpolate_positional_embedding
 from vclip.errors import CheckpointError
+from vclip.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def read_state_dict(path: str | os.PathLike, trust_checkpoint: bool = False) -> 
             raise CheckpointError(f"{path}: TorchScript archive could not be loaded: {e}") from None
     else:
         obj = _torch_load(path, trust_checkpoint)
-    return _unwrap(obj, path)
+    return unwrap_state_dict(obj, path)
 
 
 def _torch_load(path: Path, trust: bool):
@@ -94,7 +95,14 @@ def _torch_load(path: Path, trust: bool):
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {msg}") from None
 
 
-def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
+def unwrap_state_dict(obj, path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The flat ``name → tensor`` state dict inside a loaded checkpoint object.
+
+    Descends through up to three levels of training wrappers (``state_dict``, ``model``, ``module``,
+    ``model_state_dict`` entries of dicts holding no tensors themselves), keeps only the tensor
+    entries and strips a ``module.`` prefix present on every key (DDP). ``path`` only names the
+    source in errors: raises :class:`~vclip.errors.CheckpointError` when no state dict or no tensor
+    is found."""
     for _ in range(3):
         if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
             for key in ("state_dict", "model", "module", "model_state_dict"):
@@ -254,17 +262,20 @@ def _few(items: list[str], n: int = 6) -> str:
     return ", ".join(items[:n]) + (f", … (+{len(items) - n})" if len(items) > n else "")
 
 
-def _atomic_dir_write(directory: Path, files: dict[str, callable]) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, write in files.items():
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
-        os.close(fd)
-        try:
+def write_files_atomically(directory: str | os.PathLike,
+                           writers: Mapping[str, Callable[[Path], object]]) -> Path:
+    """Create the files of a model directory, each one atomically (:func:`vclip.io.atomic_write`).
+
+    ``writers`` maps a file name to a function that writes that file's content to the path it is
+    given (a temporary sibling, renamed onto ``directory / name`` once the function returns). Files
+    are written in the mapping's order, so put the one whose presence marks the directory complete
+    (``config.json``) last. The folder is created if needed; a writer that raises leaves the file it
+    was writing untouched (and the files before it written). Returns ``directory`` as a Path."""
+    directory = Path(directory)
+    for name, write in writers.items():
+        with atomic_write(directory / name) as tmp:
             write(tmp)
-            os.replace(tmp, directory / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    return directory
 
 
 def save_clip(model: CLIP, directory: str | os.PathLike, format: str = "vclip") -> Path:
@@ -281,7 +292,7 @@ def save_clip(model: CLIP, directory: str | os.PathLike, format: str = "vclip") 
         meta = convert.config_to_hf(model.config)
     else:
         raise ValueError(f"format must be 'vclip' or 'hf', got {format!r}")
-    _atomic_dir_write(directory, {
+    write_files_atomically(directory, {
         "model.safetensors": lambda p: save_file(sd, p, metadata={"format": "pt"}),
         "config.json": lambda p: Path(p).write_text(json.dumps(meta, indent=2)),
     })

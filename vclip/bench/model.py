@@ -99,8 +99,7 @@ def build_method(cfg: BenchConfig, device: torch.device):
     cls = METHODS[cfg.method]
     method = cls(CLIP(arch), num_frames=cfg.frames, options=cls.parse_options({}))
     if not cfg.train_text:
-        method.clip.text.requires_grad_(False)
-        method.clip.logit_scale.requires_grad_(False)
+        method.freeze(text=True, logit_scale=True)
     if cfg.grad_checkpointing:
         method.clip.set_grad_checkpointing(True)
     return method.to(device)
@@ -122,7 +121,7 @@ def video_path(method):
     """``(video, class_features) -> logits``: the part of the forward that runs per batch."""
 
     def fwd(video, feats):
-        return method.logits(method.encode_video(video), feats)
+        return method(video, feats).logits
 
     return fwd
 
@@ -250,21 +249,23 @@ def bench_inference(cfg: BenchConfig, ceiling: dict | None = None, flops: dict |
 
 def build_train_step(cfg: BenchConfig, method, device: torch.device, dtype: str):
     """A closure running one full optimizer step (see the module docstring)."""
-    from vclip.engine.optim import build_optimizer
+    from vclip.config import TrainConfig
+    from vclip.engine.optim import build_method_optimizer
+    from vclip.engine.trainer import weighted_loss
 
     fused = {"auto": None, "fused": True, "foreach": False}[cfg.optimizer]
-    opt = build_optimizer(method, lr=8e-6, weight_decay=0.001, betas=(0.9, 0.98), eps=1e-8, lr_mult_new=10.0,
-                          is_new=method.is_new_parameter, fused=fused)
+    # X-CLIP's recipe: lr 8e-6, weight decay 0.001, betas (0.9, 0.98), eps 1e-8, new modules × 10
+    opt = build_method_optimizer(method, TrainConfig(lr=8e-6, weight_decay=0.001), fused=fused)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == "fp16")
     vocab = vocabulary(cfg.classes)
     video, labels = _inputs(cfg, method, device, torch.float32)
-    fwd = maybe_compile(video_path(method), cfg)
+    fwd = maybe_compile(method, cfg)
 
     def step():
         feats = method.class_features(vocab)  # cached while the text tower is frozen
         with autocast_ctx(device, dtype, "autocast"):
-            logits = fwd(video, feats)
-        loss = method.loss(logits, labels, label_smoothing=0.1)["loss"]
+            out = fwd(video, feats, labels, label_smoothing=0.1)
+        loss = weighted_loss(out.losses, method.loss_weights)
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()

@@ -225,12 +225,8 @@ __all__ = ["MemoryMeter", "Timing", "command_line", "cpu_name", "machine_info", 
 def write_record(path, rec: dict) -> None:
     """Write a benchmark record as JSON (atomically) and say where."""
     import json
-    import os
-    from pathlib import Path
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(rec, indent=2, default=str))
-    os.replace(tmp, path)
+    from vclip.io import atomic_write_text
+
+    path = atomic_write_text(path, json.dumps(rec, indent=2, default=str))
     print(f"wrote {path}")

@@ -24,6 +24,7 @@ involved. Blank lines and lines starting with ``#`` are skipped in the text form
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from vclip.errors import AnnotationError
+from vclip.io import atomic_write_text
 
 
 @dataclass
@@ -132,18 +134,18 @@ def read_label_csv(path) -> list[str]:
 
 
 def write_label_csv(path, class_names: Sequence[str]) -> None:
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(["id", "name"])
-        for i, n in enumerate(class_names):
-            w.writerow([i, n])
+    """Write an ``id,name`` label CSV (atomically)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["id", "name"])
+    for i, n in enumerate(class_names):
+        w.writerow([i, n])
+    atomic_write_text(path, buf.getvalue())
 
 
 def write_split_file(path, records: Iterable[VideoRecord]) -> None:
-    """Write ``relpath label`` lines (the X-CLIP format)."""
-    with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(f"{r.path} {r.label}\n")
+    """Write ``relpath label`` lines (the X-CLIP format), atomically."""
+    atomic_write_text(path, "".join(f"{r.path} {r.label}\n" for r in records))
 
 
 # ------------------------------------------------------------------------ split / list files

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -97,7 +96,6 @@ class VideoDataset(torch.utils.data.Dataset):
         self.decode_options = dict(decode_options or {})
         # shared across DataLoader worker processes (fork or spawn) so the main process sees it
         self._skip_counter = torch.zeros(1, dtype=torch.int64).share_memory_()
-        self.bad_videos: dict[str, str] = {}  # path -> error, this process only
         self._placeholder_shape: tuple[int, ...] | None = None
         if self.class_names is not None:
             k = len(self.class_names)
@@ -142,13 +140,6 @@ class VideoDataset(torch.utils.data.Dataset):
         if self.root is None or os.path.isabs(record.path):
             return record.path
         return os.path.join(self.root, record.path)
-
-    @property
-    def num_views(self) -> int | None:
-        """Views per sample once known (after the first sample or placeholder)."""
-        if self._placeholder_shape is None:
-            return None
-        return 1 if len(self._placeholder_shape) == 4 else self._placeholder_shape[0]
 
     # ------------------------------------------------------------------------------ loading
     def _rng(self, index: int, epoch: int, attempt: int = 0) -> np.random.Generator:
@@ -210,7 +201,6 @@ class VideoDataset(torch.utils.data.Dataset):
                         "valid": True, "error": ""}
             except (VideoDecodeError, OSError) as e:
                 err = str(e) if isinstance(e, VideoDecodeError) else f"{self.full_path(record)}: {e}"
-                self.bad_videos[self.full_path(record)] = err
                 if self.on_bad_video == "raise":
                     if isinstance(e, VideoDecodeError):
                         raise
@@ -237,14 +227,3 @@ class VideoDataset(torch.utils.data.Dataset):
             f"VideoDataset({len(self)} videos, root={self.root!r}, classes={self.num_classes}, "
             f"train={self.train}, sampler={self.sampler}, on_bad_video={self.on_bad_video!r})"
         )
-
-
-def check_root(dataset: VideoDataset, sample: int = 5) -> list[str]:
-    """Paths among the first ``sample`` records that do not exist (a cheap sanity check before a
-    long run)."""
-    missing = []
-    for r in dataset.records[:sample]:
-        p = dataset.full_path(r)
-        if not Path(p).exists():
-            missing.append(p)
-    return missing

@@ -4,8 +4,8 @@
   process too, ``num_replicas=1``), wrapped in :class:`EpochKeySampler`, which yields
   ``(index, epoch)`` keys so each sample's augmentation depends only on ``(seed, epoch, index)``
   (:class:`~vclip.data.datasets.VideoDataset`) — also with persistent workers, whose dataset copies
-  never see a ``set_epoch`` made in the main process. Call ``loader.sampler.set_epoch(e)`` (or
-  :func:`set_epoch`) before each epoch; without it the epoch advances by one per pass.
+  never see a ``set_epoch`` made in the main process. Call ``loader.sampler.set_epoch(e)`` before
+  each epoch; without it the epoch advances by one per pass.
 * Evaluation: :class:`ExactDistributedSampler` gives rank ``r`` the contiguous block
   ``[r N / W, (r + 1) N / W)``: every video exactly once over all processes, no padding
   duplicates (shards may differ by one video), and ``drop_last`` is always off.
@@ -162,9 +162,3 @@ def build_loader(
         generator=generator,
         **kwargs,
     )
-
-
-def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """Set the epoch of a loader built by :func:`build_loader` (no-op for evaluation loaders)."""
-    if hasattr(loader.sampler, "set_epoch"):
-        loader.sampler.set_epoch(epoch)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vclip.errors import VclipError, VideoDecodeError
+from vclip.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +298,7 @@ def prepare(src, dst, *, workers: int = 1, exts=DEFAULT_EXTS, opts: PrepareOptio
     failures = sorted((r for r in results if r.status == "failed"), key=lambda r: r.rel)
     report = dst / FAILURES_FILE
     if failures:
-        report.write_text("".join(f"{r.rel}\t{_one_line(r.reason)}\n" for r in failures), encoding="utf-8")
+        atomic_write_text(report, "".join(f"{r.rel}\t{_one_line(r.reason)}\n" for r in failures))
     elif report.exists():
         report.unlink()
     return sorted(results, key=lambda r: r.rel)

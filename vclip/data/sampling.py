@@ -197,10 +197,6 @@ class FrameSampler:
         """Stride of the sparse clip inside a returned clip (``alpha`` for dense_sparse, else 1)."""
         return self.alpha if self.mode == "dense_sparse" else 1
 
-    @property
-    def deterministic(self) -> bool:
-        return self.test_mode and not self.compat_random_test_clips
-
     def __call__(self, num_frames: int, rng: np.random.Generator | None = None) -> np.ndarray:
         test = self.test_mode and not self.compat_random_test_clips
         kw = dict(test_mode=test, num_clips=self.num_clips, rng=None if test else rng)

@@ -57,6 +57,7 @@ from pathlib import Path
 import numpy as np
 
 from vclip.errors import ConfigError
+from vclip.io import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -374,9 +375,8 @@ def write_mp4(path, frames: np.ndarray, fps: int, gop: int = 8, crf: int = 20) -
     import av
 
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     _, h, w, _ = frames.shape
-    with av.open(str(tmp), "w", format="mp4") as out:
+    with atomic_write(path) as tmp, av.open(str(tmp), "w", format="mp4") as out:
         stream = out.add_stream("libx264", rate=Fraction(int(fps), 1))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.gop_size = gop
@@ -395,7 +395,6 @@ def write_mp4(path, frames: np.ndarray, fps: int, gop: int = 8, crf: int = 20) -
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
-    os.replace(tmp, path)
 
 
 def _job(args):
@@ -455,7 +454,7 @@ def generate(out_dir, cfg: SynthConfig | None = None, workers: int = 1, progress
         "single_frame_classes": SINGLE_FRAME_CLASSES,
         "videos": entries,
     }
-    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    atomic_write_text(out / "meta.json", json.dumps(meta, indent=1))  # last: marks the set complete
     nbytes = sum(f.stat().st_size for f in (out / "videos").glob("*.mp4"))
     return {
         "videos": len(entries),

@@ -41,9 +41,11 @@ import numpy as np
 import torch
 
 from vclip.errors import CheckpointError
+from vclip.io import fsync_dir, fsync_file
 
 __all__ = [
-    "CheckpointManager", "load_checkpoint", "capture_rng_state", "restore_rng_state",
+    "CheckpointManager", "load_checkpoint", "save_checkpoint", "write_checkpoint_files",
+    "capture_rng_state", "restore_rng_state",
     "MODEL_FILE", "TRAIN_STATE_FILE", "META_FILE", "FORMAT",
 ]
 
@@ -132,24 +134,6 @@ def _check_plain(obj: Any, path: str) -> None:
     )
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # not supported (e.g. Windows)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _digest(path: Path) -> dict[str, Any]:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -184,6 +168,76 @@ def _plain_model_state(model_state: Mapping[str, torch.Tensor]) -> dict[str, tor
     return out
 
 
+def _checked_contents(model_state: Mapping[str, torch.Tensor], train_state: Mapping[str, Any],
+                      meta: Mapping[str, Any]) -> tuple[dict, dict, dict]:
+    """Validate and normalise what a checkpoint stores: plain CPU weights, a weights-only-loadable
+    train state, JSON-serialisable meta (``time`` added when absent). Raises TypeError naming the
+    offending entry."""
+    train_state = dict(train_state)
+    _check_plain(train_state, "train_state")
+    meta = dict(meta)
+    meta.setdefault("time", time.time())
+    try:
+        json.dumps(meta, allow_nan=True)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"checkpoint meta is not JSON-serialisable: {e}") from None
+    return _plain_model_state(model_state), train_state, meta
+
+
+def write_checkpoint_files(directory: str | os.PathLike, *, tag: str, model_state: Mapping[str, torch.Tensor],
+                           train_state: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+    """Write the three files of a checkpoint into the existing, empty folder ``directory``: the
+    weights, the train state, then ``meta.json`` (with the format, ``tag`` and the size and SHA-256
+    of the other two) **last**, every file and the folder fsync'ed.
+
+    The low-level step under :meth:`CheckpointManager.save` and :func:`save_checkpoint`: it makes no
+    folder atomic itself (write into a temporary folder and rename it), and it does not validate —
+    ``model_state`` must already be plain contiguous CPU tensors (see :func:`save_checkpoint`)."""
+    from safetensors.torch import save_file
+
+    d = Path(directory)
+    save_file(dict(model_state), str(d / MODEL_FILE), metadata={"format": "pt"})
+    fsync_file(d / MODEL_FILE)
+    with open(d / TRAIN_STATE_FILE, "wb") as f:
+        torch.save(dict(train_state), f)
+        f.flush()
+        os.fsync(f.fileno())
+    files = {name: _digest(d / name) for name in (MODEL_FILE, TRAIN_STATE_FILE)}
+    _write_json(d / META_FILE, {**meta, "format": FORMAT, "tag": tag, "files": files})  # LAST
+    fsync_dir(d)
+
+
+def save_checkpoint(directory: str | os.PathLike, model_state: Mapping[str, torch.Tensor], *,
+                    train_state: Mapping[str, Any] | None = None, meta: Mapping[str, Any] | None = None,
+                    tag: str | None = None) -> Path:
+    """Write a standalone checkpoint folder ``directory`` that :func:`load_checkpoint` (and
+    ``vclip eval --checkpoint``) reads, atomically: the files go into a hidden temporary sibling
+    folder, which is renamed to ``directory`` once complete. ``tag`` (stored in ``meta.json``)
+    defaults to the folder's name; ``train_state`` to ``{}``.
+
+    Refuses (:class:`~vclip.errors.CheckpointError`) to replace a folder that exists and is not
+    empty. Raises TypeError for contents a checkpoint cannot hold (as :meth:`CheckpointManager.save`).
+    Returns ``directory`` as a Path."""
+    out = Path(directory)
+    model_state, train_state, meta = _checked_contents(model_state, train_state or {}, meta or {})
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CheckpointError(f"{out}: exists and is not an empty folder; choose a new output path")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{_TMP_PREFIX}{out.name}-{uuid.uuid4().hex[:12]}")
+    tmp.mkdir()
+    try:
+        write_checkpoint_files(tmp, tag=tag or out.name, model_state=model_state, train_state=train_state,
+                               meta=meta)
+        if out.exists():
+            out.rmdir()  # empty (checked above); Windows cannot rename onto a folder
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    fsync_dir(out.parent)
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # the manager
 
@@ -214,14 +268,7 @@ class CheckpointManager:
         when absent."""
         if not _TAG_RE.match(tag):
             raise ValueError(f"checkpoint tag {tag!r}: use letters, digits, '_', '-', '.', not starting with '.'")
-        _check_plain(dict(train_state), "train_state")
-        meta = dict(meta)
-        meta.setdefault("time", time.time())
-        try:
-            json.dumps(meta, allow_nan=True)
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"checkpoint meta is not JSON-serialisable: {e}") from None
-        model_state = _plain_model_state(model_state)
+        model_state, train_state, meta = _checked_contents(model_state, train_state, meta)
 
         self.dir.mkdir(parents=True, exist_ok=True)
         self._remove_stale_temps()
@@ -229,7 +276,7 @@ class CheckpointManager:
         try:
             tmp = self._new_temp(tag)
             tmp_dirs.append(tmp)
-            self._write(tmp, tag, model_state, train_state, meta)
+            write_checkpoint_files(tmp, tag=tag, model_state=model_state, train_state=train_state, meta=meta)
             best_tmp = None
             if is_best and tag != "best":
                 best_tmp = self._new_temp("best")
@@ -254,31 +301,17 @@ class CheckpointManager:
             shutil.rmtree(d, ignore_errors=True)
 
     @staticmethod
-    def _write(tmp: Path, tag: str, model_state: dict, train_state: Mapping, meta: dict) -> None:
-        from safetensors.torch import save_file
-
-        save_file(model_state, str(tmp / MODEL_FILE), metadata={"format": "pt"})
-        _fsync_file(tmp / MODEL_FILE)
-        with open(tmp / TRAIN_STATE_FILE, "wb") as f:
-            torch.save(dict(train_state), f)
-            f.flush()
-            os.fsync(f.fileno())
-        files = {name: _digest(tmp / name) for name in (MODEL_FILE, TRAIN_STATE_FILE)}
-        _write_json(tmp / META_FILE, {**meta, "format": FORMAT, "tag": tag, "files": files})  # LAST
-        _fsync_dir(tmp)
-
-    @staticmethod
     def _link_copy(src: Path, dst: Path, *, tag: str) -> None:
         for name in (MODEL_FILE, TRAIN_STATE_FILE):
             try:
                 os.link(src / name, dst / name)  # files are never modified in place: sharing is safe
             except OSError:
                 shutil.copyfile(src / name, dst / name)
-                _fsync_file(dst / name)
+                fsync_file(dst / name)
         meta = json.loads((src / META_FILE).read_text(encoding="utf-8"))
         meta["tag"] = tag
         _write_json(dst / META_FILE, meta)
-        _fsync_dir(dst)
+        fsync_dir(dst)
 
     def _swap_in(self, tmp: Path, final: Path) -> None:
         tag = final.name
@@ -295,7 +328,7 @@ class CheckpointManager:
                 except OSError:
                     pass
             raise
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         # the new one is complete under its final name: previous versions can go
         for d in self.dir.glob(f"{_OLD_PREFIX}{tag}-*"):
             shutil.rmtree(d, ignore_errors=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from vclip.config import load_config
+from vclip.methods import load_run_config as load_config
 from vclip.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def _predict(args) -> int:
                 out.append({"video": rec.path, "error": sample["error"]})
                 status = 1
                 continue
-            probs = method(sample["video"].unsqueeze(0), vocab).float().softmax(-1)[0]
+            probs = method(sample["video"].unsqueeze(0), vocab).logits.float().softmax(-1)[0]
             top = probs.topk(k)
             out.append({"video": rec.path, "top": [{"class": names[int(c)], "probability": round(float(p), 4)}
                                                    for p, c in zip(top.values, top.indices)]})

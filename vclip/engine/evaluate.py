@@ -19,14 +19,13 @@ import torch
 from vclip.engine import data as run_data
 from vclip.engine.distributed import DistInfo, all_gather_object
 from vclip.engine.metrics import Accumulator, aggregate_views, save_confusion_png
+from vclip.engine.runtime import autocast_dtype, seed_everything
 
 
 def evaluate_method(method, dataset, vocab, cfg, dist: DistInfo, logger=None,
                     subsets: Mapping[str, Sequence[int]] | None = None, return_scores: bool = False) -> dict:
     """Score ``dataset`` (built by ``vclip.engine.data.eval_dataset``) with ``method``.
     ``return_scores`` adds ``scores`` [N, K], ``targets`` and ``indices`` (numpy) to the results."""
-    from vclip.engine.trainer import autocast_dtype
-
     loader = run_data.eval_loader(cfg, dataset, dist.rank, dist.world_size)
     device = dist.device
     amp = autocast_dtype(cfg.train.precision, device)
@@ -49,7 +48,7 @@ def evaluate_method(method, dataset, vocab, cfg, dist: DistInfo, logger=None,
                 continue
             views = video[valid]
             b, v = views.shape[:2]
-            logits = method(views.flatten(0, 1).to(device, non_blocking=True), vocab).float()
+            logits = method(views.flatten(0, 1).to(device, non_blocking=True), vocab).logits.float()
             scores = aggregate_views(logits.view(b, v, -1), cfg.eval.aggregation)
             acc.add(scores, batch["label"][valid], batch["index"][valid])
     if was_training:
@@ -65,13 +64,15 @@ def evaluate_method(method, dataset, vocab, cfg, dist: DistInfo, logger=None,
         views={"clips": cfg.eval.num_clips, "crops": cfg.eval.num_crops, "aggregation": cfg.eval.aggregation},
     )
     if return_scores:
-        results["scores"], results["targets"], results["indices"] = acc._local()
+        results["scores"], results["targets"], results["indices"] = acc.local_arrays()
     return results
 
 
 def write_results(results: dict, path: str | os.PathLike, class_names: Sequence[str],
                   confusion_png: str | os.PathLike | None = None) -> Path:
     """Results JSON (atomic write), with per-class accuracy by name; optionally the confusion PNG."""
+    from vclip.io import atomic_write_text
+
     path = Path(path)
     out = {k: v for k, v in results.items() if k != "confusion"}
     if "confusion" in results:
@@ -81,11 +82,7 @@ def write_results(results: dict, path: str | os.PathLike, class_names: Sequence[
     if "per_class_accuracy" in results:
         out["per_class"] = {name: {"accuracy": a, "videos": c} for name, a, c in
                             zip(class_names, results["per_class_accuracy"], results["per_class_count"])}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(out, indent=2))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(out, indent=2))
 
 
 def evaluate(cfg, checkpoint: str | None = None, annotation: str | None = None, dist: DistInfo | None = None,
@@ -95,13 +92,12 @@ def evaluate(cfg, checkpoint: str | None = None, annotation: str | None = None, 
     from vclip.engine.checkpoint import load_checkpoint
     from vclip.engine.distributed import init_distributed
     from vclip.engine.logging import RunLogger
-    from vclip.methods import build_method, make_vocabulary
+    from vclip.methods import build_method, check_config, make_vocabulary
 
+    check_config(cfg)
     dist = dist or init_distributed(cfg.device)
     names = run_data.class_names(cfg)
     vocab = make_vocabulary(cfg, names)
-    from vclip.engine.trainer import seed_everything
-
     model_state = load_checkpoint(checkpoint)[0] if checkpoint else None  # a bad path fails before the build
     seed_everything(cfg.train.seed)  # the same weights on every process for what no file provides
     methods_log = logging.getLogger("vclip.methods")

@@ -10,7 +10,6 @@ that duplicates agree and, when told which indices to expect, that none is missi
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from vclip.errors import ConfigError, EvaluationError
+from vclip.io import atomic_write
 
 __all__ = ["VIEW_MODES", "aggregate_views", "topk_correct", "Accumulator", "save_confusion_png"]
 
@@ -99,11 +99,16 @@ class Accumulator:
     def __len__(self) -> int:
         return sum(len(i) for i in self._indices)
 
-    def _local(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def local_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(scores [N, K] float32, targets [N] int64, indices [N] int64)``: the rows this
+        accumulator holds, in the order they were added — this process's rows before
+        :meth:`gather`, every rank's de-duplicated rows (sorted by index) after it. Empty arrays
+        when nothing was added."""
         k = self.num_classes or 0
         if not self._indices:
             return np.zeros((0, k), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)
         return np.concatenate(self._scores), np.concatenate(self._targets), np.concatenate(self._indices)
+
 
     def _set(self, scores: np.ndarray, targets: np.ndarray, indices: np.ndarray) -> None:
         self._scores, self._targets, self._indices = [scores], [targets], [indices]
@@ -142,7 +147,7 @@ class Accumulator:
         present and no other. Returns self, holding the merged rows on every rank."""
         from vclip.engine import distributed
 
-        scores, targets, indices = self._local()
+        scores, targets, indices = self.local_arrays()
         parts = distributed.all_gather_object((self.num_classes, scores, targets, indices))
         ks = {p[0] for p in parts if p[0] is not None and len(p[3])}
         if len(ks) > 1:
@@ -161,7 +166,7 @@ class Accumulator:
     def check_complete(self, expected: int | Iterable[int]) -> None:
         """Raise :class:`~vclip.errors.EvaluationError` listing missing / unexpected indices."""
         want = np.arange(expected) if isinstance(expected, (int, np.integer)) else np.unique(np.fromiter(expected, np.int64))
-        have = np.unique(self._local()[2])
+        have = np.unique(self.local_arrays()[2])
         missing = np.setdiff1d(want, have)
         extra = np.setdiff1d(have, want)
         problems = []
@@ -185,7 +190,7 @@ class Accumulator:
         ``confusion`` (numpy int64 [K, K], rows = true class, columns = predicted). Accuracies are
         fractions in [0, 1]. ``subsets`` (name → class ids) adds ``subsets[name] = {top1,
         num_videos}`` over the videos whose true class is in the subset."""
-        scores, targets, indices = self._dedup(*self._local())
+        scores, targets, indices = self._dedup(*self.local_arrays())
         if expected is not None:
             self.check_complete(expected)
         n = len(indices)
@@ -276,15 +281,6 @@ def save_confusion_png(
                             color="white" if norm[i, j] > 0.5 else "black")
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path

@@ -1,10 +1,13 @@
-"""AdamW with X-CLIP's parameter groups and a per-step warm-up + cosine schedule.
+"""AdamW over a method's parameter groups, and a per-step warm-up + cosine schedule.
 
-Parameter groups (X-CLIP ``utils/optimizer.py``, written fresh): every trainable parameter is either
-*new* (a module the method adds on top of CLIP: message tokens, MIT, prompt generator, ...; picked
-by ``is_new(name)``) or *clip*, and either *decay* or *no_decay*. New parameters train at
-``lr * lr_mult_new``. No weight decay for parameters with fewer than two dimensions (LayerNorm
-weights, scales), biases, position/class embeddings and ``logit_scale``.
+Parameter groups (X-CLIP ``utils/optimizer.py``, generalised; written fresh): every trainable
+parameter belongs to one *group* — "clip", or one the method declares in its
+``parameter_groups`` (X-CLIP: "new" = message tokens, MIT, prompt generator; ALT: "new" and
+"decoder") — and is *decay* or *no_decay*. A group trains at ``lr × lr_mult[group]``
+(``VideoMethod.lr_mults``: ``train.lr_mults``, the method's defaults, ``train.lr_mult_new`` for
+added modules, 1 for CLIP). No weight decay for parameters with fewer than two dimensions
+(LayerNorm weights, scales), biases, and names containing one of the method's
+``no_weight_decay`` substrings (default: position/class embeddings and ``logit_scale``).
 
 The schedule (:class:`WarmupCosine`) is stepped once per optimizer step: linear warm-up from 0 to
 each group's base LR, then a half cosine from the base LR down to the *absolute* ``min_lr`` — the
@@ -15,18 +18,17 @@ groups also end at ``min_lr``.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from vclip.errors import ConfigError
+from vclip.methods.base import NO_DECAY_KEYWORDS
 
-__all__ = ["NO_DECAY_KEYWORDS", "param_groups", "build_optimizer", "WarmupCosine", "warmup_cosine_lr"]
-
-# substrings of parameter names that never get weight decay
-NO_DECAY_KEYWORDS = ("positional_embedding", "position_embedding", "class_embedding", "logit_scale")
+__all__ = ["NO_DECAY_KEYWORDS", "param_groups", "build_optimizer", "build_method_optimizer", "WarmupCosine",
+           "warmup_cosine_lr"]
 
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP, torch.compile
@@ -39,13 +41,14 @@ def _plain_name(name: str) -> str:
     return name
 
 
-def _no_decay(name: str, param: torch.Tensor) -> bool:
-    return (
-        param.ndim < 2
-        or name.endswith(".bias")
-        or name == "bias"
-        or any(k in name for k in NO_DECAY_KEYWORDS)
-    )
+def _no_decay(name: str, param: torch.Tensor, keywords: Sequence[str]) -> bool:
+    return param.ndim < 2 or name.endswith(".bias") or name == "bias" or any(k in name for k in keywords)
+
+
+def _check_number(what: str, value: float, positive: bool = False) -> None:
+    ok = math.isfinite(value) and (value > 0 if positive else value >= 0)
+    if not ok:
+        raise ConfigError(f"optimizer {what} must be a finite number {'>' if positive else '>='} 0, got {value!r}")
 
 
 def param_groups(
@@ -53,46 +56,50 @@ def param_groups(
     *,
     lr: float,
     weight_decay: float,
-    lr_mult_new: float = 10.0,
-    is_new: Callable[[str], bool] = lambda name: False,
+    group_of: Callable[[str], str] = lambda name: "clip",
+    lr_mults: Mapping[str, float] | None = None,
+    group_order: Sequence[str] = (),
+    no_decay: Sequence[str] = NO_DECAY_KEYWORDS,
 ) -> list[dict[str, Any]]:
-    """The trainable (``requires_grad``) parameters of ``model`` split into up to four groups,
-    ``clip/decay``, ``clip/no_decay``, ``new/decay``, ``new/no_decay`` (empty ones omitted). Each
-    group is a dict with ``params``, ``lr``, ``weight_decay``, ``name``, ``lr_mult`` and
-    ``param_names`` (the parameter names, in the order of ``params``). Names are seen without the
-    ``module.`` / ``_orig_mod.`` prefixes of DDP and ``torch.compile`` wrappers, by ``is_new`` too."""
-    if not (lr >= 0 and math.isfinite(lr)):
-        raise ConfigError(f"optimizer lr must be a finite number >= 0, got {lr!r}")
-    if not (weight_decay >= 0 and math.isfinite(weight_decay)):
-        raise ConfigError(f"optimizer weight_decay must be a finite number >= 0, got {weight_decay!r}")
-    if not (lr_mult_new > 0 and math.isfinite(lr_mult_new)):
-        raise ConfigError(f"optimizer lr_mult_new must be a finite number > 0, got {lr_mult_new!r}")
+    """The trainable (``requires_grad``) parameters of ``model`` split by ``group_of(name)`` and
+    decay, as optimizer groups named ``<group>/decay`` and ``<group>/no_decay`` (empty ones omitted;
+    "clip" first, then ``group_order``, then any other group in order of appearance). Each is a
+    dict with ``params``, ``lr`` (= ``lr × lr_mults[group]``, default 1), ``weight_decay``,
+    ``name``, ``lr_mult`` and ``param_names`` (in the order of ``params``). Names are seen without
+    the ``module.`` / ``_orig_mod.`` prefixes of DDP and ``torch.compile`` wrappers."""
+    _check_number("lr", lr)
+    _check_number("weight_decay", weight_decay)
+    mults = dict(lr_mults or {})
+    for g, m in mults.items():
+        _check_number(f"LR multiplier of group {g!r}", m, positive=True)
 
-    order = [("clip", "decay"), ("clip", "no_decay"), ("new", "decay"), ("new", "no_decay")]
-    buckets: dict[tuple[str, str], tuple[list, list]] = {k: ([], []) for k in order}
+    buckets: dict[tuple[str, str], tuple[list, list]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         name = _plain_name(name)
-        kind = "new" if is_new(name) else "clip"
-        decay = "no_decay" if _no_decay(name, p) else "decay"
-        buckets[(kind, decay)][0].append(p)
-        buckets[(kind, decay)][1].append(name)
+        key = (group_of(name), "no_decay" if _no_decay(name, p, no_decay) else "decay")
+        params, names = buckets.setdefault(key, ([], []))
+        params.append(p)
+        names.append(name)
 
+    order = ["clip", *group_order]
+    order += [g for g, _ in buckets if g not in order]
     groups = []
-    for kind, decay in order:
-        params, names = buckets[(kind, decay)]
-        if not params:
-            continue
-        mult = lr_mult_new if kind == "new" else 1.0
-        groups.append({
-            "params": params,
-            "param_names": names,
-            "lr": lr * mult,
-            "weight_decay": weight_decay if decay == "decay" else 0.0,
-            "name": f"{kind}/{decay}",
-            "lr_mult": mult,
-        })
+    for group in dict.fromkeys(order):
+        for decay in ("decay", "no_decay"):
+            if (group, decay) not in buckets:
+                continue
+            params, names = buckets[(group, decay)]
+            mult = float(mults.get(group, 1.0))
+            groups.append({
+                "params": params,
+                "param_names": names,
+                "lr": lr * mult,
+                "weight_decay": weight_decay if decay == "decay" else 0.0,
+                "name": f"{group}/{decay}",
+                "lr_mult": mult,
+            })
     return groups
 
 
@@ -103,13 +110,13 @@ def build_optimizer(
     weight_decay: float,
     betas: tuple[float, float] = (0.9, 0.98),
     eps: float = 1e-8,
-    lr_mult_new: float = 10.0,
-    is_new: Callable[[str], bool] = lambda name: False,
     fused: bool | None = None,
+    **group_kwargs,
 ) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups`. ``fused=None`` uses the fused kernel when every trainable
-    parameter is a floating-point CUDA tensor, otherwise torch's default (foreach where supported)."""
-    groups = param_groups(model, lr=lr, weight_decay=weight_decay, lr_mult_new=lr_mult_new, is_new=is_new)
+    """AdamW over :func:`param_groups` (``group_kwargs`` go there). ``fused=None`` uses the fused
+    kernel when every trainable parameter is a floating-point CUDA tensor, otherwise torch's
+    default (foreach where supported)."""
+    groups = param_groups(model, lr=lr, weight_decay=weight_decay, **group_kwargs)
     if not groups:
         raise ConfigError(
             "no trainable parameters: every parameter has requires_grad=False "
@@ -123,6 +130,17 @@ def build_optimizer(
     else:
         kwargs["fused"] = bool(fused)
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, **kwargs)
+
+
+def build_method_optimizer(method, train_cfg, fused: bool | None = None) -> torch.optim.AdamW:
+    """AdamW for a ``VideoMethod`` from a ``TrainConfig``: the method's parameter groups, LR
+    multipliers (``train.lr_mults`` / ``lr_mult_new`` / the method's defaults) and no-decay names."""
+    t = train_cfg
+    _check_number("lr_mult_new", t.lr_mult_new, positive=True)
+    return build_optimizer(method, lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.betas), eps=t.eps,
+                           fused=fused, group_of=method.parameter_group,
+                           lr_mults=method.lr_mults(t.lr_mult_new, t.lr_mults),
+                           group_order=list(method.parameter_groups), no_decay=method.no_weight_decay)
 
 
 def warmup_cosine_lr(step: int, *, base_lr: float, total_steps: int, warmup_steps: int, min_lr: float) -> float:

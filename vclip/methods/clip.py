@@ -13,7 +13,6 @@ from vclip.methods.base import VideoMethod, Vocabulary
 
 
 class CLIPMean(VideoMethod):
-    name = "clip"
     default_templates = ("{}",)
 
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:

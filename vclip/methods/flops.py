@@ -27,20 +27,30 @@ from vclip.errors import ConfigError
 class FlopReport:
     method: str
     arch: str
+    #: T, the frames the method scores per view, and the frames it samples for them (MoTED: α·T dense)
     num_frames: int
+    input_frames: int
     image_size: int
+    #: class sentences counted with the view (0: the text side is left out, as ALT's table does)
     num_texts: int
-    #: multiply-adds, i.e. FLOPs in fvcore's convention
+    #: multiply-adds of one view, i.e. FLOPs in fvcore's convention (video side + text side)
     gflops: float
     #: GFLOPs per part: "image tower" (with hooks run inside it, e.g. X-CLIP's message attention),
     #: "text tower", "rest" (what the method adds outside the towers)
     parts: dict
+    #: temporal clips × spatial crops, and the total over them (the papers' "× views" figures)
+    views: tuple = (1, 1)
+    gflops_per_video: float = 0.0
 
     def line(self) -> str:
         parts = ", ".join(f"{k} {v:.1f}" for k, v in self.parts.items())
-        return (f"{self.method} {self.arch}, {self.num_frames} frames × {self.image_size} px + {self.num_texts} text: "
-                f"{self.gflops:.1f} GFLOPs per view ({parts}) — fvcore convention: 1 multiply-add = 1 FLOP, "
-                "attention matmuls counted, element-wise ops not")
+        frames = f"{self.num_frames} frames" + (f" ({self.input_frames} sampled)" if self.input_frames != self.num_frames
+                                               else "")
+        c, k = self.views
+        texts = f"{self.num_texts} text{'s' if self.num_texts != 1 else ''}" if self.num_texts else "no text"
+        return (f"{self.method} {self.arch}, {frames} × {self.image_size} px + {texts}: "
+                f"{self.gflops:.1f} GFLOPs per view ({parts}); {c}×{k} views: {self.gflops_per_video:.1f} GFLOPs per "
+                "video — fvcore convention: 1 multiply-add = 1 FLOP, attention matmuls counted, element-wise ops not")
 
 
 def _math_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
@@ -78,56 +88,93 @@ def count_macs(fn, *args, **kwargs) -> tuple[int, dict]:
     return mode.get_total_flops() // 2, per_module
 
 
-def build_for_count(method: str, arch: str, num_frames: int, image_size: int | None = None, options: dict | None = None):
-    """A method on a meta-device CLIP (shapes only)."""
+def build_for_count(method: str, arch: str, num_frames: int, image_size: int | None = None, options: dict | None = None,
+                    device: str = "meta"):
+    """A method on a meta-device CLIP (shapes only; ``device="cpu"``: random weights)."""
     from vclip.backbone import CLIP, get_config
-    from vclip.methods import METHODS
+    from vclip.methods import method_class
 
-    if method not in METHODS:
-        raise ConfigError(f"--method: unknown method {method!r} (known: {', '.join(METHODS)})")
+    cls = method_class(method)
     cfg = get_config(arch)
     if image_size:
         cfg.vision.image_size = image_size
         cfg.validate()
-    cls = METHODS[method]
-    with torch.device("meta"):
+    with torch.device(device):
         m = cls(CLIP(cfg), num_frames=num_frames, options=cls.parse_options(options or {}))
     return m.eval()
 
 
-def method_flops(method: str = "xclip", arch: str = "ViT-B-16", num_frames: int = 8, image_size: int | None = None,
-                 num_texts: int = 1, options: dict | None = None) -> FlopReport:
-    """GFLOPs (multiply-adds) of one view: one video [1, T, 3, H, W] and ``num_texts`` sentences."""
-    from vclip.methods.base import Vocabulary
-
-    m = build_for_count(method, arch, num_frames, image_size, options)
+def _count(method, arch, num_frames, image_size, options, num_texts, device):
+    m = build_for_count(method, arch, num_frames, image_size, options, device)
     size = m.clip.config.vision.image_size
-    video = torch.empty(1, num_frames, 3, size, size, device="meta")
-    vocab = Vocabulary(tuple(f"class {i}" for i in range(num_texts)))
-    total, per_module = count_macs(lambda: m.logits(m.encode_video(video), m.encode_vocabulary(vocab)))
+    frames = m.input_frames(num_frames)
+    video = torch.zeros(1, frames, 3, size, size, device=device)
+    # methods are called part by part (not through Module.__call__), so that FlopCounterMode names
+    # the towers as the outermost modules
+    if num_texts:
+        vocab = type(m).example_vocabulary(num_texts, options)
+        total, per_module = count_macs(lambda: m.outputs(m.encode_video(video), m.encode_vocabulary(vocab)))
+    else:
+        total, per_module = count_macs(lambda: m.encode_video(video))
+    return m, frames, total, per_module
+
+
+def method_flops(method: str = "xclip", arch: str = "ViT-B-16", num_frames: int = 8, image_size: int | None = None,
+                 num_texts: int = 1, options: dict | None = None, views: tuple[int, int] = (1, 1)) -> FlopReport:
+    """GFLOPs (multiply-adds) of one view — one video with the frames the method samples for
+    ``num_frames`` (``VideoMethod.input_frames``) and ``num_texts`` classes of the method's stand-in
+    vocabulary (``example_vocabulary``: descriptors, corpora sized by ``options``) — and of one
+    video over ``views`` (clips × crops). ``num_texts=0`` leaves the text side out."""
+    if num_frames < 1 or num_texts < 0:
+        raise ConfigError(f"frames must be >= 1 and texts >= 0, got {num_frames} and {num_texts}")
+    try:
+        m, frames, total, per_module = _count(method, arch, num_frames, image_size, options, num_texts, "meta")
+    except (RuntimeError, NotImplementedError):
+        # data-dependent steps (OST's Sinkhorn stopping rule) need values: count on random CPU weights
+        m, frames, total, per_module = _count(method, arch, num_frames, image_size, options, num_texts, "cpu")
+    size = m.clip.config.vision.image_size
     # FlopCounterMode names modules by the class of the outermost module called
     image = per_module.get("VisionTransformer", 0)
     text = per_module.get("TextTransformer", 0)
     parts = {"image tower": image / 1e9, "text tower": text / 1e9, "rest": (total - image - text) / 1e9}
-    return FlopReport(method=method, arch=arch, num_frames=num_frames, image_size=size, num_texts=num_texts,
-                      gflops=total / 1e9, parts=parts)
+    c, k = views
+    return FlopReport(method=method, arch=arch, num_frames=num_frames, input_frames=frames, image_size=size,
+                      num_texts=num_texts, gflops=total / 1e9, parts=parts, views=(c, k),
+                      gflops_per_video=c * k * total / 1e9)
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("flops", help="GFLOPs per view of a method (fvcore convention: 1 multiply-add = 1 FLOP)")
+    p = subparsers.add_parser("flops", help="GFLOPs per view and per video of a method (fvcore convention: "
+                                            "1 multiply-add = 1 FLOP)")
     p.add_argument("--method", default="xclip", help="method name (default: xclip)")
     p.add_argument("--arch", default="ViT-B-16", help="CLIP architecture (ViT-B-32, ViT-B-16, ViT-L-14, ViT-L-14-336, ...)")
-    p.add_argument("--frames", type=int, default=8, help="frames per view (default 8)")
+    p.add_argument("--frames", type=int, default=8,
+                   help="T, frames per view the method scores (default 8; a method that samples more, e.g. "
+                        "MoTED's dense motion frames, is counted with all it samples)")
     p.add_argument("--image-size", type=int, default=None, help="input size (default: the architecture's)")
-    p.add_argument("--texts", type=int, default=1, help="text sentences counted with the view (default 1, as the papers)")
+    p.add_argument("--texts", type=int, default=1,
+                   help="class sentences counted with the view (default 1, as the papers; 0 leaves the text "
+                        "side out; methods whose cost grows with the classes: their number)")
+    p.add_argument("--views", default="1x1", help="temporal clips × spatial crops for the per-video total (e.g. 4x3)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method option (model.options.KEY), e.g. a corpus size; repeatable")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(handler=_flops)
 
 
 def _flops(args) -> int:
-    if args.frames < 1 or args.texts < 1:
-        raise ConfigError("--frames and --texts must be >= 1")
-    r = method_flops(args.method, args.arch, args.frames, args.image_size, args.texts)
+    from vclip.config import parse_override
+    from vclip.protocols.runner import parse_views
+
+    if args.frames < 1 or args.texts < 0:
+        raise ConfigError("--frames must be >= 1 and --texts >= 0")
+    (views,) = parse_views(args.views) if "," not in args.views else (None,)
+    if views is None:
+        raise ConfigError(f"--views: one CLIPSxCROPS value such as 4x3, got {args.views!r}")
+    options: dict = {}
+    for o in args.option:
+        options.update(parse_override(o))
+    r = method_flops(args.method, args.arch, args.frames, args.image_size, args.texts, options, views)
     if args.json:
         print(json.dumps({**r.__dict__, "convention": "fvcore: 1 multiply-add = 1 FLOP"}, indent=2))
     else:

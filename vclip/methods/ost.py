@@ -84,8 +84,9 @@ def _fields(template: str) -> set[str]:
 
 
 class OST(VideoMethod):
-    name = "ost"
     Options = OSTOptions
+    #: "kl": the two KL directions (official, summed); "ce": cross-entropy over all classes
+    loss_weights = {"kl_v2t": 1.0, "kl_t2v": 1.0, "ce": 1.0}
     #: the class-name prompt (used only when class_name_weight > 0); the official code builds
     #: "a video of a person {}." and never uses it
     default_templates = ("a video of a person {}.",)
@@ -197,10 +198,18 @@ class OST(VideoMethod):
             scores = scores + o.class_name_weight * v @ class_features["names"].float().t()
         return self.clip.logit_scale.exp().float() * scores
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> dict[str, torch.Tensor]:
+    @classmethod
+    def example_vocabulary(cls, num_classes: int, options=None) -> Vocabulary:
+        opts = cls.parse_options(options or {})
+        vocab = super().example_vocabulary(num_classes, options)
+        per_class = opts.num_descriptors * len(opts.kinds)
+        return Vocabulary(vocab.class_names, vocab.templates,
+                          [tuple(f"{c} descriptor {i}" for i in range(per_class)) for c in vocab.class_names])
+
+    def losses(self, output, targets: torch.Tensor, label_smoothing: float = 0.0) -> dict[str, torch.Tensor]:
         if self.options.loss == "ce" or targets.dim() == 2:  # soft targets (Mixup/CutMix): soft CE
-            return super().loss(logits, targets, label_smoothing)
-        return kl_contrastive_loss(logits, targets, self.options.kl_target_scale)
+            return super().losses(output, targets, label_smoothing)
+        return kl_contrastive_loss(output.logits, targets, self.options.kl_target_scale)
 
     # ------------------------------------------------------------------ WiSE-FT
     def apply_wise(self, checkpoint: str, ratio: float) -> None:
@@ -226,11 +235,11 @@ def kl_contrastive_loss(logits: torch.Tensor, targets: torch.Tensor, target_scal
 
     The B × B logits of the official code (video i against the descriptors of sample j's class) are
     the columns ``logits[:, y_j]``; targets ``softmax(target_scale · [y_i = y_j])`` per row;
-    loss = batch-mean KL for video→text plus the same for text→video (the transpose)."""
+    loss = batch-mean KL for video→text plus the same for text→video (the transpose); the two
+    terms are returned by name (``kl_v2t``, ``kl_t2v``) and summed by the trainer."""
     lb = logits.float()[:, targets]                                   # [B, B]
     gt = (targets[:, None] == targets[None, :]).float()
     q = torch.softmax(target_scale * gt, dim=1)                       # symmetric GT: rows of qᵀ = q
     v2t = F.kl_div(F.log_softmax(lb, dim=1), q, reduction="batchmean")
     t2v = F.kl_div(F.log_softmax(lb.t(), dim=1), q, reduction="batchmean")
-    loss = v2t + t2v
-    return {"loss": loss, "kl_v2t": v2t.detach(), "kl_t2v": t2v.detach()}
+    return {"kl_v2t": v2t, "kl_t2v": t2v}

@@ -18,7 +18,6 @@ class ViFiCLIPOptions:
 
 
 class ViFiCLIP(CLIPMean):
-    name = "vificlip"
     Options = ViFiCLIPOptions
     default_templates = ("a photo of a {}.",)
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -73,26 +71,11 @@ def load_state(source: str | os.PathLike, *, trust_checkpoint: bool = False) -> 
 
 def write_checkpoint(out: str | os.PathLike, state: Mapping[str, torch.Tensor], meta: dict) -> Path:
     """Write ``state`` as a vclip checkpoint directory ``out`` (atomically: a temporary sibling
-    directory renamed into place)."""
-    from vclip.engine.checkpoint import CheckpointManager
+    directory renamed into place; an existing non-empty ``out`` is refused)."""
+    from vclip.engine.checkpoint import save_checkpoint
 
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise CheckpointError(f"{out}: exists and is not empty")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{out.name}-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
-        plain = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-        CheckpointManager._write(tmp, "wise", plain, {}, {"step": 0, "epoch": 0, "micro_in_epoch": 0,
-                                                         "metric": None, **meta})
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return save_checkpoint(out, state, tag="wise",
+                           meta={"step": 0, "epoch": 0, "micro_in_epoch": 0, "metric": None, **meta})
 
 
 def _cmd_wise(args) -> int:

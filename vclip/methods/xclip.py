@@ -225,10 +225,11 @@ class XCLIP(VideoMethod):
     they are the prompt generator's queries); ``logits`` runs the prompt generator per video.
     """
 
-    name = "xclip"
     Options = XCLIPOptions
-    new_module_prefixes = ("message_", "mit.", "prompts_")
-    adds_modules = True
+    #: the official two LR levels: CLIP at lr, the added modules at lr × train.lr_mult_new
+    parameter_groups = {"new": ("message_", "mit.", "prompts_")}
+    #: official MODEL.FIX_TEXT freezes logit_scale with the text tower
+    temperature_follows_text = True
     default_templates = ("{}",)
 
     def __init__(self, clip: CLIP, *, num_frames: int, options: XCLIPOptions | None = None):
@@ -252,7 +253,7 @@ class XCLIP(VideoMethod):
         if o.drop_path:
             clip.visual.set_drop_path(o.drop_path)
         if o.fix_text:
-            self.freeze_text()
+            self.freeze(text=True)
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -263,13 +264,6 @@ class XCLIP(VideoMethod):
     def prompt_heads(self) -> int:
         return self.prompts_generator.decoder[0].cross_attn.heads if len(self.prompts_generator.decoder) else \
             default_heads(self.clip.config.embed_dim)
-
-    def freeze_text(self, frozen: bool = True) -> None:
-        """Freeze (or unfreeze) the text tower together with ``logit_scale``, as the official
-        ``MODEL.FIX_TEXT`` does; frozen text features are computed once and cached."""
-        self.clip.text.requires_grad_(not frozen)
-        self.clip.logit_scale.requires_grad_(not frozen)
-        self.clear_cache()
 
     def cross_frame_hook(self, num_frames: int | None = None) -> CrossFrameCommunication:
         drops = [block.drop_path for block in self.clip.visual.transformer.resblocks]

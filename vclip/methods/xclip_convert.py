@@ -38,9 +38,10 @@ import torch.nn.functional as F
 from vclip.backbone import convert
 from vclip.backbone.config import CLIPConfig, TextConfig, VisionConfig
 from vclip.backbone.model import CLIP, interpolate_positional_embedding
-from vclip.backbone.weights import (WEIGHT_FILES, _atomic_dir_write, _unwrap, load_state_dict_checked,
-                                    read_state_dict)
+from vclip.backbone.weights import (WEIGHT_FILES, load_state_dict_checked, read_state_dict, unwrap_state_dict,
+                                    write_files_atomically)
 from vclip.errors import CheckpointError
+from vclip.io import atomic_write
 from vclip.methods.xclip import XCLIP, XCLIPOptions, default_heads
 
 log = logging.getLogger(__name__)
@@ -406,7 +407,7 @@ def read_xclip_file(path: Path, trust_checkpoint: bool = False) -> StateDict:
     except Exception as e:  # corrupt bytes raise many types
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {msg}") from None
-    return _unwrap(obj, path)
+    return unwrap_state_dict(obj, path)
 
 
 def _find_weights(directory: Path) -> Path:
@@ -552,7 +553,7 @@ def save_xclip_hf(method: XCLIP, directory: str | os.PathLike) -> Path:
     directory = Path(directory)
     sd = vclip_to_hf({k: v.detach().cpu().float().contiguous() for k, v in method.state_dict().items()})
     meta = config_to_hf(method)
-    _atomic_dir_write(directory, {
+    write_files_atomically(directory, {
         "model.safetensors": lambda p: save_file(sd, p, metadata={"format": "pt"}),
         "config.json": lambda p: Path(p).write_text(json.dumps(meta, indent=2)),
     })
@@ -560,10 +561,12 @@ def save_xclip_hf(method: XCLIP, directory: str | os.PathLike) -> Path:
 
 
 def save_xclip_official(method: XCLIP, path: str | os.PathLike) -> Path:
-    """Write ``{"model": official-layout state dict}`` (a weights-only ``torch.save`` file)."""
+    """Write ``{"model": official-layout state dict}`` (a weights-only ``torch.save`` file),
+    atomically."""
     path = Path(path)
     sd = vclip_to_official({k: v.detach().cpu().contiguous() for k, v in method.state_dict().items()})
-    torch.save({"model": sd}, path)
+    with atomic_write(path) as tmp:
+        torch.save({"model": sd}, tmp)
     return path
 
 

@@ -85,7 +85,7 @@ def _run(args) -> int:
 
 def _report(args) -> int:
     from vclip.protocols.aggregate import load_result, markdown_table
-    from vclip.protocols.splits import atomic_write_text
+    from vclip.io import atomic_write_text
 
     try:
         results = [load_result(d) for d in args.run_dirs]

@@ -49,6 +49,7 @@ import yaml
 from vclip.config import RunConfig, deep_merge, from_dict, parse_override, read_yaml, validate
 from vclip.data.annotations import read_label_csv
 from vclip.errors import ConfigError
+from vclip.io import atomic_write_text
 from vclip.protocols import aggregate, splits
 from vclip.protocols.labels import match_kinetics, normalise_names
 
@@ -163,8 +164,11 @@ class ProtocolRun:
 
     # ------------------------------------------------------------------ configs and labels
     def _build(self, over: dict) -> RunConfig:
+        from vclip.methods import check_config
+
         cfg = from_dict(RunConfig, deep_merge(self.base, over))
         validate(cfg)
+        check_config(cfg)
         return cfg
 
     def dataset(self, name: str) -> DatasetSpec:
@@ -214,18 +218,20 @@ class ProtocolRun:
 
     def _write_sub(self, name: str, data: dict) -> dict:
         data = {"sub_run": name, **data}
-        splits.atomic_write_text(self.run_dir / name / "results.json", json.dumps(data, indent=1, default=str))
+        atomic_write_text(self.run_dir / name / "results.json", json.dumps(data, indent=1, default=str))
         self.sub_runs[name] = data
         return data
 
     def init_weights(self) -> str | None:
-        """``--init-checkpoint``: its CLIP weights as a file ``model.pretrained`` can name."""
+        """``--init-checkpoint``: a vclip training checkpoint that initialises the whole method
+        (``model.init_checkpoint``: CLIP and the method's own modules, e.g. ALT's few-shot runs
+        start from the K400-trained ALT with its decoder)."""
         if not self.init_checkpoint:
             return None
-        out = self.run_dir / "init" / "clip.safetensors"
-        if not out.exists():
-            export_clip_weights(self.init_checkpoint, out)
-        return str(out)
+        from vclip.engine.checkpoint import load_checkpoint
+
+        load_checkpoint(self.init_checkpoint)  # a bad path or a corrupted file fails before training
+        return str(Path(self.init_checkpoint).resolve())
 
     def train_sub(self, name: str, data: dict, val: Path | None = None) -> str:
         """Train sub-run ``name`` (or reuse it); the checkpoint to evaluate."""
@@ -238,7 +244,7 @@ class ProtocolRun:
                     "data": dict(data, val_list=str(val) if (val and self.monitor) else None)}
             init = self.init_weights()
             if init:
-                over["model"] = {"pretrained": init}
+                over["model"] = {"init_checkpoint": init}
             cfg = self._build(over)
             resume = "auto" if CheckpointManager(cfg.run_dir).latest() is not None else None
             res = train(cfg, resume=resume)
@@ -288,9 +294,9 @@ class ProtocolRun:
             "eval_only": self.eval_only, "base_config": self.base, **extra,
             "sub_runs": {k: {kk: vv for kk, vv in v.items() if kk not in ("data",)} for k, v in self.sub_runs.items()},
         }
-        splits.atomic_write_text(self.run_dir / "results.json", json.dumps(result, indent=1, default=str))
+        atomic_write_text(self.run_dir / "results.json", json.dumps(result, indent=1, default=str))
         table = aggregate.markdown_table([result])
-        splits.atomic_write_text(self.run_dir / "table.md", table)
+        atomic_write_text(self.run_dir / "table.md", table)
         result["table"] = table
         return result
 
@@ -298,30 +304,6 @@ class ProtocolRun:
 def _compact(res: dict) -> dict:
     keys = ("top1", "top5", "mean_class_accuracy", "num_videos", "num_classes", "num_failed", "views")
     return {k: res[k] for k in keys if k in res}
-
-
-def export_clip_weights(checkpoint, out) -> Path:
-    """The ``clip.*`` weights of a vclip training checkpoint as a safetensors file that
-    ``model.pretrained`` (``vclip.backbone.load_clip``) reads. Weights a method adds to CLIP
-    (X-CLIP's MIT/prompt modules) are not carried: a warning lists how many."""
-    from safetensors.torch import save_file
-
-    from vclip.engine.checkpoint import load_checkpoint
-
-    state = load_checkpoint(checkpoint)[0]
-    clip = {k[len("clip."):]: v.contiguous() for k, v in state.items() if k.startswith("clip.")}
-    other = [k for k in state if not k.startswith("clip.")]
-    if not clip:
-        raise ConfigError(f"{checkpoint}: no 'clip.*' weights in the checkpoint")
-    if other:
-        log.warning("--init-checkpoint %s: %d weights outside CLIP (e.g. %s) are not carried over", checkpoint,
-                    len(other), other[0])
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    save_file(clip, str(tmp))
-    os.replace(tmp, out)
-    return out
 
 
 def parse_views(text: str | Sequence) -> list[tuple[int, int]]:

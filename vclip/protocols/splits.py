@@ -1,9 +1,9 @@
 """Protocol split files: reading the ViFi-CLIP/OST files as they are, and generating equivalent
 ones from a dataset's own annotations when they are absent.
 
-Every generated file is written atomically (temporary file + ``os.replace``) and described by a
-manifest JSON next to it (``<name>.manifest.json``): generator, seed, the SHA-256 of every source
-annotation/label file, counts and the classes — enough to reproduce and audit the draw. A generated
+Every generated file is written atomically (:mod:`vclip.io`) and described by a manifest JSON next
+to it (``<name>.manifest.json``): generator, seed, the SHA-256 of every source annotation/label
+file, counts and the classes — enough to reproduce and audit the draw. A generated
 file is reused when its manifest matches the request (same sources, seed and parameters), and
 regenerated otherwise.
 
@@ -16,13 +16,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from vclip.data.annotations import VideoRecord, load_annotations, read_label_csv
+from vclip.io import atomic_write_text  # re-exported for older callers; use vclip.io directly
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +33,6 @@ def sha256(path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def atomic_write_text(path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
 
 
 def write_split(path, records: Sequence[VideoRecord]) -> Path:

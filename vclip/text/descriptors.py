@@ -28,24 +28,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from vclip.errors import AnnotationError
+from vclip.io import atomic_write_text
 
 FORMAT = "vclip-descriptors/1"
 
-__all__ = ["FORMAT", "DescriptorSet", "read_descriptors", "write_descriptors", "write_official",
-           "atomic_write_text"]
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+__all__ = ["FORMAT", "DescriptorSet", "read_descriptors", "write_descriptors", "write_official"]
 
 
 @dataclass

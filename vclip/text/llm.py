@@ -2,8 +2,8 @@
 standard library only, with a persistent response cache and retries.
 
 * **Cache**: one JSON file per request under ``cache_dir``, named by the SHA-256 of the canonical
-  JSON of (messages, model, parameters) and written atomically (temporary file + ``os.replace``) as
-  soon as the answer arrives. A rerun — or a run resumed after a crash — sends no request whose
+  JSON of (messages, model, parameters) and written atomically (:mod:`vclip.io`) as soon as the
+  answer arrives. A rerun — or a run resumed after a crash — sends no request whose
   answer is cached. The base URL and the key are not part of the key or the file.
 * **Retries**: HTTP 429, 5xx, timeouts, connection errors and malformed bodies are retried up to
   ``max_retries`` times with exponential backoff (``backoff_base · 2^attempt``, capped at
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from vclip.errors import VclipError
+from vclip.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +98,9 @@ class ChatClient:
         path = self._cache_path(key)
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
         doc = {"key": key, "model": self.model, "params": self.params, "messages": list(messages),
                "response": content, "time": time.time()}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(self._scrub(json.dumps(doc, ensure_ascii=False, indent=1)), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, self._scrub(json.dumps(doc, ensure_ascii=False, indent=1)))
 
     def _delay(self, attempt: int, retry_after: str | None) -> float:
         if retry_after:
