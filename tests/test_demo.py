@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from vclip import demo
@@ -57,12 +58,20 @@ def test_demo_runs_end_to_end_small(tmp_path, monkeypatch, capsys):
         assert _changed(out / "runs" / f"demo-{name}", out / "init_clip") == {"text": False, "visual": True}
     # a second run reuses the generated set (same config) instead of writing it again
     stamp = (out / "data" / "meta.json").stat().st_mtime_ns
-    assert main(["demo", "--out", str(out), "--steps", "4", "--methods", "xclip", "--train-text"]) == 0
+    # 2 steps: as many as the 36 training videos make in one epoch (a full-epoch warm-up was refused)
+    assert main(["demo", "--out", str(out), "--steps", "2", "--methods", "xclip", "--train-text"]) == 0
     assert (out / "data" / "meta.json").stat().st_mtime_ns == stamp
     record = json.loads((out / "demo_results.json").read_text())
-    assert [r["name"] for r in record["rows"]] == ["xclip"]
-    assert record["command"].endswith("--steps 4 --seed 0 --methods xclip --train-text")
+    assert [r["name"] for r in record["rows"]] == ["xclip"] and record["rows"][0]["steps"] == 2
+    assert record["command"].endswith("--steps 2 --seed 0 --methods xclip --train-text")
     assert _changed(out / "runs" / "demo-xclip", out / "init_clip") == {"text": True, "visual": True}
+    # every file written for the user has the permissions of a plain open(): none left 0600 (the
+    # initial CLIP's and the checkpoints' safetensors files were)
+    from vclip.io import default_file_mode
+
+    odd = {str(p.relative_to(out)): oct(p.stat().st_mode & 0o777) for p in out.rglob("*")
+           if p.is_file() and p.stat().st_mode & 0o777 != default_file_mode()}
+    assert odd == {}
 
 
 def test_demo_rejects_unknown_method_before_any_work(tmp_path, capsys):
@@ -71,3 +80,50 @@ def test_demo_rejects_unknown_method_before_any_work(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "d"), "--methods", "clip,nope"]) == 2
     assert "unknown method(s) ['nope']" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("steps", [1, 2, 9, 10, 99, 100, 281, 282, 2809, 2810, 4000])
+def test_any_step_count_gets_a_warmup_the_engine_accepts(tmp_path, steps):
+    """The config the demo trains with, planned by the engine for the full demo set (4,500 training
+    videos, 281 steps per epoch): warm-up one epoch, at most a tenth of the run, never refused."""
+    from vclip.engine.trainer import _plan
+
+    assert demo.train_videos() == 4500
+    for method in ("clip", "xclip"):
+        cfg = demo.method_config(method, {}, tmp_path / "data", tmp_path, steps, 0, tmp_path / "init")
+        plan = _plan(cfg, 4500 // 16, 4500, 1)
+        assert plan.total_steps == steps
+        assert plan.warmup_steps == min(281, steps // 10)
+    assert not tmp_path.joinpath("data").exists()  # building the config touched nothing
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--steps", "0"], "--steps must be >= 1, got 0"),
+    (["--steps", "-5"], "--steps must be >= 1, got -5"),
+    (["--seed", "-1"], "--seed must be >= 0"),
+    (["--methods", " , "], "--methods ' , ': no method named"),
+    (["--methods", "clip,nope"], "unknown method(s) ['nope']"),
+    (["--methods", "ost"], "--methods: 'ost' cannot run in the demo's settings: model.options.spatial_descriptors"),
+])
+def test_argument_errors_come_before_any_work(tmp_path, monkeypatch, capsys, argv, needle):
+    from vclip.cli import main
+
+    def no_work(*a, **k):
+        raise AssertionError("work started before the arguments were checked")
+
+    for name in ("ensure_synthetic", "initial_clip", "run_method"):
+        monkeypatch.setattr(demo, name, no_work)
+    out = tmp_path / "d"
+    assert main(["demo", "--out", str(out)] + argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vclip demo: error: ") and needle in err[0], err
+    assert not out.exists()
+
+
+def test_out_must_be_a_folder(tmp_path, capsys):
+    from vclip.cli import main
+
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert main(["demo", "--out", str(f), "--steps", "1"]) == 2
+    assert "--out" in capsys.readouterr().err and f.read_text() == "x"

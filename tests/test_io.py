@@ -5,6 +5,7 @@ import os
 import threading
 
 import pytest
+import torch
 
 from vclip import io as vio
 
@@ -117,3 +118,26 @@ def test_concurrent_writers_never_corrupt_the_file(tmp_path):
     assert errors == []
     assert target.read_text() in contents
     assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_files_get_default_permissions_whatever_the_writer_used(tmp_path, umask):
+    """A writer that creates its file 0600 (safetensors, tempfile) still leaves a file with the
+    permissions of a plain open(): 0o666 minus the umask — read live, not cached."""
+    from safetensors.torch import save_file
+
+    old = os.umask(umask)
+    try:
+        assert vio.default_file_mode() == 0o666 & ~umask
+        with vio.atomic_write(tmp_path / "w.safetensors") as tmp:
+            save_file({"a": torch.zeros(2)}, str(tmp))
+        with vio.atomic_write(tmp_path / "x.bin") as tmp:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+        vio.atomic_write_text(tmp_path / "t.txt", "x")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == dict.fromkeys(["w.safetensors", "x.bin", "plain.txt", "t.txt"], 0o666 & ~umask)

@@ -6,13 +6,19 @@ Each area of the package contributes its sub-commands through a ``register(subpa
 traceback. A command module that cannot be imported (a missing dependency, a broken install) is
 such an error too — exit status 2, the module and the import error named — never a silently
 missing command; ``-v`` adds the traceback.
+
+Every parser of the tree prints its help through :class:`HelpFormatter` (RST literals shown
+plain, each option's default shown) — command modules get it without asking, since sub-parsers
+inherit the parser class of :func:`build_parser`.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import logging
+import re
 import sys
 import traceback
 
@@ -32,6 +38,65 @@ COMMAND_MODULES = [
 ]
 
 
+#: the one-line description of ``vclip --help``
+DESCRIPTION = "vclip: image-text CLIP models turned into video action recognizers."
+
+_LITERAL = re.compile(r"``(.+?)``")            # RST inline literal
+_ROLE = re.compile(r":[a-z]+(?::[a-z]+)?:`~?([^`]+)`")  # RST role such as :mod:`vclip.io`
+
+
+def plain_text(text: str) -> str:
+    """``text`` with RST inline markup (````x````, ``:mod:`x```) reduced to plain ``x``."""
+    return _ROLE.sub(r"\1", _LITERAL.sub(r"\1", text))
+
+
+def _default_worth_showing(action: argparse.Action) -> bool:
+    """Whether help should print ``action``'s default: options (and optional positionals) with a
+    value to show; not flags (``store_true``...), not None / empty values, not ``--help``."""
+    if action.nargs == 0 or action.help == argparse.SUPPRESS:
+        return False
+    if not action.option_strings and action.nargs not in ("?", "*"):
+        return False
+    d = action.default
+    if d is None or d is argparse.SUPPRESS or isinstance(d, bool):
+        return False
+    return not (isinstance(d, (str, list, tuple, dict, set)) and len(d) == 0)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter with two changes: RST inline markup of docstrings used as
+    descriptions prints as plain text, and every option with a default worth showing (see
+    :func:`_default_worth_showing`) ends its help with ``(default: VALUE)`` unless its help already
+    speaks of the default (``default`` in the text) — an option without help gets that line alone."""
+
+    def _format_text(self, text: str) -> str:
+        return super()._format_text(plain_text(text))
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        return plain_text(super()._expand_help(action))
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if _default_worth_showing(action) and not re.search(r"\bdefault", text, re.IGNORECASE):
+            text = f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+        return text
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and _default_worth_showing(action):
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """The parser class of every ``vclip`` (sub-)command: :class:`HelpFormatter` by default.
+    ``add_subparsers`` hands a parser's class down, so ``register`` functions need nothing."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 class CommandImportError(VclipError):
     """A module of :data:`COMMAND_MODULES` could not be imported or has no ``register``."""
 
@@ -39,7 +104,7 @@ class CommandImportError(VclipError):
 def build_parser() -> argparse.ArgumentParser:
     """The ``vclip`` parser with every command of :data:`COMMAND_MODULES`; raises
     :class:`CommandImportError` (the cause chained) when one of them cannot be loaded."""
-    parser = argparse.ArgumentParser(prog="vclip", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="vclip", description=DESCRIPTION)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:

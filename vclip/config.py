@@ -58,10 +58,16 @@ class AugConfig:
     crop: Literal["multiscale", "random_resized", "center"] = "multiscale"
     flip: float = 0.5
     color_jitter: float = 0.8
+    #: draw new jitter factors (and op order) for every frame, as torchvision's ColorJitter applied
+    #: frame by frame in the official X-CLIP/ViFi-CLIP/OST pipelines; False: one draw per clip
+    color_jitter_per_frame: bool = False
     grayscale: float = 0.2
     mixup: float = 0.8
     cutmix: float = 1.0
     mix_switch_prob: float = 0.5
+    #: the sample each one is mixed with: a random permutation of the micro-batch (the official
+    #: X-CLIP code) or the batch reversed (``x.flip(0)``, vclip's earlier rule)
+    mix_partner: Literal["permutation", "reversed"] = "permutation"
     label_smoothing: float = 0.1
 
 
@@ -83,6 +89,9 @@ class DataConfig:
     batch_size: int = 8
     eval_batch_size: Optional[int] = None
     num_workers: int = 4
+    #: ActivityNet JSON: the subset each list reads (other annotation formats ignore these)
+    train_subset: str = "training"
+    val_subset: str = "validation"
     on_bad_video: Literal["raise", "skip"] = "raise"
     short_video: Literal["loop", "repeat_last"] = "loop"
     aug: AugConfig = field(default_factory=AugConfig)
@@ -105,10 +114,18 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-8
     warmup_epochs: float = 5.0
+    #: LR schedule: "cosine_after_warmup" (the cosine starts when the warm-up ends) or
+    #: "timm_cosine" (official X-CLIP/OST: timm's cosine over the whole run from step 0, the
+    #: warm-up replacing its first steps); see docs/training.md
+    schedule: Literal["cosine_after_warmup", "timm_cosine"] = "cosine_after_warmup"
     #: absolute final LR of the cosine schedule (None: lr / 100)
     min_lr: Optional[float] = None
     accum_steps: int = 1
     clip_grad: Optional[float] = 1.0
+    #: optimizer steps with a non-finite loss or gradient norm that may be skipped (gradients
+    #: dropped, weights and optimizer state unchanged, the schedule moving on) before the run
+    #: stops with an error; 0: stop at the first one
+    max_nonfinite_skips: int = 0
     #: "auto": bf16 on CUDA, fp32 on CPU
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     seed: int = 1024
@@ -124,10 +141,21 @@ class EvalConfig:
     #: temporal clips × spatial crops per video
     num_clips: int = 1
     num_crops: Literal[1, 3] = 1
+    #: views of the evaluations during training, "CLIPSxCROPS" (crops 1 or 3); the evaluation
+    #: after the last epoch always uses num_clips × num_crops. "1x1" as the official code;
+    #: null: num_clips × num_crops every time
+    epoch_views: Optional[str] = "1x1"
     aggregation: Literal["softmax_sum", "mean_logits"] = "softmax_sum"
     #: sample the temporal views randomly as the official repos do (not deterministic)
     compat_random_test_clips: bool = False
     confusion_png: bool = True
+
+    def epoch_view_counts(self) -> tuple[int, int]:
+        """(clips, crops) of the evaluations during training: ``epoch_views`` parsed, or
+        ``(num_clips, num_crops)`` when it is null."""
+        if self.epoch_views is None:
+            return self.num_clips, self.num_crops
+        return parse_views(self.epoch_views, "eval.epoch_views")
 
 
 @dataclass
@@ -152,6 +180,17 @@ class RunConfig:
 
 
 # --------------------------------------------------------------------------------------- parsing
+
+def parse_views(text: str, key: str) -> tuple[int, int]:
+    """``"4x3"`` → ``(4, 3)``: temporal clips (>= 1) × spatial crops (1 or 3); errors name ``key``."""
+    try:
+        clips, crops = (int(x) for x in str(text).lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"{key}: expected CLIPSxCROPS such as 1x1 or 4x3, got {text!r}") from None
+    if clips < 1 or crops not in (1, 3):
+        raise ConfigError(f"{key}: {text!r} needs clips >= 1 and crops 1 or 3")
+    return clips, crops
+
 
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
@@ -309,6 +348,8 @@ def validate(cfg: RunConfig) -> None:
     for key, value in optional_positive.items():
         if value is not None and value < 1:
             raise ConfigError(f"{key}: must be >= 1 (or null), got {value}")
+    if t.max_nonfinite_skips < 0:
+        raise ConfigError(f"train.max_nonfinite_skips: must be >= 0, got {t.max_nonfinite_skips}")
     if t.epochs < 0 or d.num_workers < 0:
         raise ConfigError("train.epochs and data.num_workers must be >= 0")
     if t.lr <= 0:
@@ -323,6 +364,7 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"data.aug.{key}: a probability must be in [0, 1], got {getattr(aug, key)}")
     if not 0 <= aug.label_smoothing < 1:
         raise ConfigError(f"data.aug.label_smoothing: must be in [0, 1), got {aug.label_smoothing}")
+    e.epoch_view_counts()  # a malformed eval.epoch_views fails here, naming the key
 
 
 def save_config(cfg: RunConfig, path: str | os.PathLike) -> None:

@@ -17,6 +17,10 @@
    class over the pair's other member. A frame-order-blind model (CLIP-mean pools frames) is at
    chance (50 %) there by construction; a temporal model is not.
 5. Writes ``demo_results.json`` and a bar chart ``demo.png`` into the output folder.
+
+Arguments (``--steps``, ``--methods``, ``--seed``, ``--out``) and every method's run config are
+checked before anything is generated. The LR warm-up is one epoch, shortened for short runs to a
+tenth of ``--steps`` (rounded down: none below 10 steps) — see :func:`warmup_epochs`.
 """
 
 from __future__ import annotations
@@ -63,11 +67,16 @@ DEMO_METHODS = [
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="train CLIP-mean and X-CLIP on synthetic motion videos and compare")
+    p = subparsers.add_parser("demo", help="train CLIP-mean and X-CLIP on synthetic motion videos and compare",
+                              description="Train CLIP-mean and X-CLIP from one random tiny CLIP on the synthetic "
+                                          "motion set and compare them (README: 'What the demo shows').")
     p.add_argument("--out", default="runs/demo", help="output folder (data, runs, results)")
-    p.add_argument("--steps", type=int, default=DEMO_STEPS, help="optimizer steps per method")
-    p.add_argument("--methods", default=None, help="comma-separated method names (default: all available)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=DEMO_STEPS,
+                   help="optimizer steps per method, >= 1 (warm-up: 1 epoch, at most a tenth of them)")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated method names (default: "
+                        + ",".join(m for _, m, _ in DEMO_METHODS) + ")")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data, the initial CLIP and training")
     p.add_argument("--train-text", action="store_true",
                    help="train the text tower too (an ablation: the random text tower then stalls X-CLIP)")
     p.set_defaults(handler=_demo)
@@ -131,9 +140,50 @@ def pair_accuracy(scores: np.ndarray, targets: np.ndarray) -> float | None:
     return float(np.mean(hits)) if hits else None
 
 
+def train_videos(seed: int = 0) -> int:
+    """How many training videos the demo's synthetic set holds (known before it is generated)."""
+    from vclip.data.synthetic import CLASSES, SynthConfig
+
+    cfg = SynthConfig(seed=seed, **DEMO_SYNTH)
+    return len(CLASSES) * (cfg.videos_per_class - cfg.val_per_class)
+
+
+def warmup_epochs(steps: int, num_videos: int, batch_size: int) -> float:
+    """``train.warmup_epochs`` for a demo run of ``steps`` optimizer steps: the recipe's one epoch,
+    but at most ``steps // 10`` steps, so that any ``steps >= 1`` trains (the engine refuses a
+    warm-up as long as the run) and a short run is not all warm-up; below 10 steps, none. The
+    default run (4,000 steps of 281) keeps its full epoch."""
+    per_epoch = max(1, num_videos // batch_size)  # the loader drops the last partial batch
+    want = min(per_epoch, steps // 10)
+    if want >= per_epoch:
+        return float(DEMO_BASE["train"]["warmup_epochs"])
+    # the engine takes int(epochs * per_epoch) steps: aim at the middle of the step so rounding
+    # cannot lose one
+    return (want + 0.5) / per_epoch if want else 0.0
+
+
+def method_config(method: str, extra: dict, data_dir: Path, out: Path, steps: int, seed: int, init: Path):
+    """The validated run config the demo trains ``method`` with (``extra`` merged last). Needs no
+    data: the demo checks every method's config before generating anything."""
+    from vclip.config import RunConfig, from_dict, validate
+    from vclip.methods import check_config
+
+    d = str(data_dir)
+    bs = DEMO_BASE["data"]["batch_size"]
+    raw = _deep(DEMO_BASE, {
+        "name": f"demo-{method}", "output_dir": str(out / "runs"),
+        "model": {"method": method, "pretrained": str(init)},
+        "data": {"root": d, "train_list": f"{d}/train.txt", "val_list": None, "labels": f"{d}/labels.csv"},
+        "train": {"max_steps": steps, "seed": seed, "warmup_epochs": warmup_epochs(steps, train_videos(seed), bs)},
+    })
+    cfg = from_dict(RunConfig, _deep(raw, extra))
+    validate(cfg)
+    check_config(cfg)
+    return cfg
+
+
 def run_method(label: str, method: str, extra: dict, data_dir: Path, out: Path, steps: int, seed: int,
                init: Path) -> dict:
-    from vclip.config import RunConfig, from_dict, validate
     from vclip.data.synthetic import class_groups
     from vclip.engine import data as run_data
     from vclip.engine.distributed import init_distributed
@@ -142,16 +192,9 @@ def run_method(label: str, method: str, extra: dict, data_dir: Path, out: Path, 
     from vclip.methods import build_method, make_vocabulary
 
     d = str(data_dir)
-    raw = _deep(DEMO_BASE, {
-        "name": f"demo-{method}", "output_dir": str(out / "runs"),
-        "model": {"method": method, "pretrained": str(init)},
-        "data": {"root": d, "train_list": f"{d}/train.txt", "val_list": None, "labels": f"{d}/labels.csv"},
-        "train": {"max_steps": steps, "seed": seed},
-    })
-    cfg = from_dict(RunConfig, _deep(raw, extra))
-    validate(cfg)
+    cfg = method_config(method, extra, data_dir, out, steps, seed, init)
     t0 = time.time()
-    train(cfg)
+    train(cfg, overwrite=True)  # the demo retrains from scratch every time
     seconds = time.time() - t0
     # evaluate the trained weights on the held-out videos, keeping the scores for the pair metric
     from vclip.engine.checkpoint import load_checkpoint
@@ -233,27 +276,66 @@ def _machine() -> dict:
             "torch": torch.__version__, "python": platform.python_version()}
 
 
-def _demo(args) -> int:
+def plan(args) -> list[tuple[str, str, dict]]:
+    """Check ``vclip demo``'s arguments and every method's run config — before any work — and
+    return the runs to make: (label, method, extra config). Raises ConfigError naming the flag."""
+    from vclip.data.synthetic import CLASSES
     from vclip.errors import ConfigError
-    from vclip.methods import METHODS
+    from vclip.methods import METHODS, make_vocabulary
 
-    logging.getLogger("vclip.methods").setLevel(logging.ERROR)  # random init is the point here
+    if args.steps < 1:
+        raise ConfigError(f"--steps must be >= 1, got {args.steps}")
+    if args.seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {args.seed}")
     out = Path(args.out)
-    started = time.time()
-    wanted = args.methods.split(",") if args.methods else [m for _, m, _ in DEMO_METHODS if m in METHODS]
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder")
+    if args.methods is not None:
+        wanted = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))
+        if not wanted:
+            raise ConfigError(f"--methods {args.methods!r}: no method named; available: {', '.join(METHODS)}")
+    else:
+        wanted = [m for _, m, _ in DEMO_METHODS if m in METHODS]
     unknown = [m for m in wanted if m not in METHODS]
     if unknown:
         raise ConfigError(f"--methods: unknown method(s) {unknown}; available: {', '.join(METHODS)}")
+    runs = []
+    known = {x[1] for x in DEMO_METHODS}
+    for label, method, extra in DEMO_METHODS + [(m, m, {}) for m in wanted if m not in known]:
+        if method not in wanted:
+            continue
+        if args.train_text:
+            extra = _deep(extra, train_text_override(method))
+        try:
+            cfg = method_config(method, extra, out / "data", out, args.steps, args.seed, out / "init_clip")
+            make_vocabulary(cfg, list(CLASSES))  # what a method needs beyond the config (OST: descriptor files)
+        except ConfigError as e:
+            raise ConfigError(f"--methods: {method!r} cannot run in the demo's settings: {e}") from None
+        runs.append((label, method, extra))
+    return runs
+
+
+def _demo(args) -> int:
+    methods_log = logging.getLogger("vclip.methods")
+    level = methods_log.level
+    methods_log.setLevel(logging.ERROR)  # random init is the point here
+    try:
+        return _run_demo(args)
+    finally:
+        methods_log.setLevel(level)  # a library caller's logging is left as it was
+
+
+def _run_demo(args) -> int:
+    runs = plan(args)  # every argument error comes before any work
+    out = Path(args.out)
+    started = time.time()
     data_dir = ensure_synthetic(out / "data", seed=args.seed)
     init = initial_clip(out / "init_clip", seed=args.seed)
     rows = []
-    for label, method, extra in DEMO_METHODS + [(m, m, {}) for m in wanted if m not in {x[1] for x in DEMO_METHODS}]:
-        if method not in wanted:
-            continue
-        print(f"training {label} ({args.steps} steps, {DEMO_ARCH} CLIP, {DEMO_BASE['data']['image_size']} px, "
+    for label, method, extra in runs:
+        steps = f"{args.steps} step{'' if args.steps == 1 else 's'}"
+        print(f"training {label} ({steps}, {DEMO_ARCH} CLIP, {DEMO_BASE['data']['image_size']} px, "
               f"{DEMO_BASE['data']['num_frames']} frames) ...", flush=True)
-        if args.train_text:
-            extra = _deep(extra, train_text_override(method))
         rows.append(run_method(label, method, extra, data_dir, out, args.steps, args.seed, init))
     table = print_table(rows)
     print()

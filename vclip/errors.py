@@ -28,3 +28,18 @@ class ConfigError(VclipError):
 
 class EvaluationError(VclipError):
     """Evaluation results are inconsistent: videos missing, or reported twice with different scores."""
+
+
+class TrainingError(VclipError):
+    """Training cannot go on: a non-finite loss or gradient norm (beyond ``train.max_nonfinite_skips``)."""
+
+
+class TrainingInterrupted(VclipError):
+    """SIGINT or SIGTERM stopped a training run after it saved a checkpoint. ``exit_code`` is the
+    shell's code for the signal (130 for SIGINT, 143 for SIGTERM); ``resume_command`` continues
+    the run."""
+
+    def __init__(self, message: str, *, signum: int, exit_code: int, resume_command: str, checkpoint: str):
+        super().__init__(message)
+        self.signum, self.exit_code = signum, exit_code
+        self.resume_command, self.checkpoint = resume_command, checkpoint

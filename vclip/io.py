@@ -20,7 +20,8 @@ Conventions:
   option.
 * Concurrent writers of one target: the last rename wins; the file is always exactly one writer's
   content.
-* The new file gets the default permissions (``0o666`` minus the umask), not the old target's; a
+* The new file gets the default permissions (``0o666`` minus the umask), not the old target's —
+  whatever mode the writer created it with (``safetensors`` creates ``0o600`` files) — and a
   symlink at the target is replaced by the file, not followed.
 * Text is encoded as given (UTF-8 by default), with no newline translation.
 
@@ -30,7 +31,8 @@ API:
 * :func:`atomic_write` — a context manager yielding the temporary path, for writers that want a
   file name (``torch.save``, ``safetensors``, matplotlib, PyAV, ...);
 * :func:`fsync_file` / :func:`fsync_dir` — the two flushes, for code that makes whole folders
-  atomic itself (training checkpoints).
+  atomic itself (training checkpoints); :func:`default_file_mode` / :func:`set_default_mode` — the
+  permissions such code gives its files.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_bytes", "temp_path", "fsync_file", "fsync_dir"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_bytes", "temp_path", "fsync_file", "fsync_dir",
+           "default_file_mode", "set_default_mode"]
 
 PathLike = str | os.PathLike
 
@@ -52,6 +55,36 @@ def temp_path(path: PathLike, suffix: str = "") -> Path:
     call. Nothing is created."""
     path = Path(path)
     return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp{suffix}")
+
+
+def _umask() -> int:
+    """The process umask. Read from ``/proc/self/status`` where it can be (Linux: no change to the
+    process state); elsewhere set and restored at once, as ``os.umask`` is the only way to read it."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """The permissions a plain ``open(path, "w")`` gives a new file: ``0o666`` minus the umask."""
+    return 0o666 & ~_umask()
+
+
+def set_default_mode(path: PathLike) -> None:
+    """Give the file ``path`` :func:`default_file_mode` — for files a library created with narrower
+    permissions (``safetensors`` and ``tempfile`` create ``0o600`` files). Best effort: a file
+    system without POSIX modes is left as it is."""
+    try:
+        os.chmod(path, default_file_mode())
+    except (OSError, NotImplementedError):
+        pass
 
 
 def fsync_file(path: PathLike) -> None:
@@ -95,6 +128,7 @@ def atomic_write(path: PathLike, *, suffix: str = "") -> Iterator[Path]:
         yield tmp
         if not tmp.is_file():
             raise FileNotFoundError(f"{path}: nothing was written to the temporary file {tmp.name}")
+        set_default_mode(tmp)  # the writer's own mode may be narrower (safetensors: 0o600)
         fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:

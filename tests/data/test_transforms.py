@@ -173,13 +173,14 @@ def test_mixup_cutmix_soft_targets():
         assert torch.allclose(ym.sum(1), torch.ones(4))
         kinds.add(mc._draw(np.random.default_rng(seed))[0])
     assert kinds == {"mixup", "cutmix"}
-    # Mixup: x and targets mixed with the same lambda
-    mix = T.MixupCutmix(5, mixup_alpha=0.8, cutmix_alpha=0.0, label_smoothing=0.0)
+    # Mixup: x and targets mixed with the same lambda (batch reversed: sample 0 with sample 3)
+    mix = T.MixupCutmix(5, mixup_alpha=0.8, cutmix_alpha=0.0, label_smoothing=0.0, partner="reversed")
     xm, ym = mix(x, y, np.random.default_rng(0))
     lam = ym[0, 0].item()
+    assert 0 < lam < 1 and ym[0, 3].item() == pytest.approx(1 - lam)
     assert torch.allclose(xm[0], lam * x[0] + (1 - lam) * x[3], atol=1e-6)
     # CutMix: lambda equals the kept area; the box is the same in every frame
-    cut = T.MixupCutmix(5, mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.0)
+    cut = T.MixupCutmix(5, mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.0, partner="reversed")
     xm, ym = cut(x, y, np.random.default_rng(2))
     from_self = (xm[0] == x[0]).all(0).all(0).float().mean().item()  # pixels kept in all frames
     assert abs(ym[0, 0].item() - from_self) < 1e-6
@@ -187,3 +188,77 @@ def test_mixup_cutmix_soft_targets():
     none = T.MixupCutmix(5, prob=0.0, label_smoothing=0.1)
     _, ys = none(x, y)
     assert torch.allclose(ys[0], torch.tensor([0.92, 0.02, 0.02, 0.02, 0.02]))
+
+
+# ------------------------------------------------------------- official X-CLIP behaviours (options)
+
+def test_colour_jitter_per_frame_draws_new_parameters_for_every_frame():
+    """``per_frame``: torchvision's ColorJitter applied frame by frame (new factors and order per
+    frame, one p-decision per clip); default: one draw for the whole clip."""
+    clip = same_frames_clip(t=6, h=16, w=16).float()
+    per_clip, per_frame = T.ColorJitter(p=1.0), T.ColorJitter(p=1.0, per_frame=True)
+    for seed in range(5):
+        a = per_clip.get_clip_params(np.random.default_rng(seed), 6)
+        assert len(a) == 6 and all(ops == a[0] for ops in a)
+        b = per_frame.get_clip_params(np.random.default_rng(seed), 6)
+        assert len(b) == 6 and len({tuple(ops) for ops in b}) == 6      # six different draws
+    # the output: frame t is frame t jittered with its own draw; identical frames come out different
+    params = per_frame.get_clip_params(np.random.default_rng(4), 6)
+    out = per_frame(clip, np.random.default_rng(4))
+    for t in range(6):
+        assert torch.allclose(out[t], T.ColorJitter.apply(clip[t], params[t]), atol=1e-4)
+    assert not torch.allclose(out[0], out[1])
+    same = per_clip(clip, np.random.default_rng(4))
+    assert all(torch.equal(same[t], same[0]) for t in range(6))
+    # the probability is decided once per clip: p = 0 leaves every frame alone
+    assert torch.equal(T.ColorJitter(p=0.0, per_frame=True)(clip, np.random.default_rng(0)), clip)
+    # the builder passes the option through (data.aug.color_jitter_per_frame)
+    jit = [t for t in T.build_train_transform(input_size=32, jitter_per_frame=True).transforms
+           if isinstance(t, T.ColorJitter)]
+    assert jit[0].per_frame and not T.build_train_transform().transforms[4].per_frame
+
+
+def test_mixup_partner_is_a_seeded_random_permutation():
+    """The official code mixes each video with ``x[randperm(B)]``: the partners are a permutation of
+    the batch drawn from the rng (the trainer's (seed, epoch, micro, rank) generator), the same for
+    the same seed, not simply the reversed batch; images and targets use the same partner."""
+    B = 8
+    mix = T.MixupCutmix(B, mixup_alpha=0.8, cutmix_alpha=0.0, label_smoothing=0.0)
+    assert mix.partner == "permutation"
+    x = torch.rand(B, 2, 3, 8, 8)
+    y = torch.arange(B)
+    perms = []
+    for micro in range(6):
+        def rng(micro=micro):  # the trainer's generator of (seed, epoch, micro-batch, rank)
+            return np.random.default_rng([1024, 0, micro, 0])
+
+        xm, ym = mix(x, y, rng())
+        again_x, again_y = mix(x, y, rng())
+        assert torch.equal(xm, again_x) and torch.equal(ym, again_y)   # same seed, same result
+        r = rng()
+        mix._draw(r)
+        perm = mix.partner_index(B, r).tolist()
+        assert sorted(perm) == list(range(B))
+        for i, j in enumerate(perm):
+            if j == i:
+                assert torch.allclose(xm[i], x[i]) and ym[i, i] == pytest.approx(1.0)
+                continue
+            lam = ym[i, i].item()
+            assert ym[i, j].item() == pytest.approx(1 - lam, abs=1e-6)
+            assert torch.allclose(xm[i], lam * x[i] + (1 - lam) * x[j], atol=1e-6)
+        perms.append(tuple(perm))
+    assert len(set(perms)) > 1 and tuple(range(B - 1, -1, -1)) not in perms
+    # CutMix uses the same partner rule
+    cut = T.MixupCutmix(B, mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.0)
+    r = np.random.default_rng(5)
+    cut._draw(r)
+    perm = cut.partner_index(B, r)
+    xm, ym = cut(x, y, np.random.default_rng(5))
+    i = next(k for k in range(B) if perm[k] != k)
+    pasted = (xm[i] != x[i]).any(0).any(0)
+    assert pasted.any() and torch.equal(xm[i][..., pasted], x[perm[i]][..., pasted])
+    # the reversed batch stays available
+    rev = T.MixupCutmix(B, partner="reversed")
+    assert rev.partner_index(B, np.random.default_rng(0)).tolist() == list(range(B - 1, -1, -1))
+    with pytest.raises(ConfigError, match="partner"):
+        T.MixupCutmix(B, partner="shuffle")

@@ -191,3 +191,34 @@ def test_resolved_config_saved_in_run_dir(synth, make_config):
     saved = cfg.run_dir / "config.yaml"
     assert saved.is_file()
     assert load_config([str(saved)]) == cfg
+
+
+@pytest.mark.parametrize("override, match", [
+    ("eval.epoch_views=4x2", r"eval\.epoch_views: '4x2' needs clips >= 1 and crops 1 or 3"),
+    ("eval.epoch_views=4by3", r"eval\.epoch_views: expected CLIPSxCROPS such as 1x1 or 4x3, got '4by3'"),
+    ("train.schedule=cosine", r"train\.schedule: 'cosine' is not one of 'cosine_after_warmup', 'timm_cosine'"),
+    ("data.aug.mix_partner=flip", r"data\.aug\.mix_partner: 'flip' is not one of 'permutation', 'reversed'"),
+    ("data.aug.color_jitter_per_frame=1", r"data\.aug\.color_jitter_per_frame: expected true/false"),
+])
+def test_official_recipe_options_are_validated(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config([], [override])
+
+
+def test_official_configs_use_the_official_schedule_and_augmentation():
+    """configs/xclip and configs/ost reproduce the official recipes: timm's cosine, ColorJitter per
+    frame, Mixup partners by permutation, 1×1 views per epoch; the library defaults keep vclip's
+    schedule and per-clip jitter."""
+    from pathlib import Path
+
+    root = Path(__file__).parents[2] / "configs"
+    official = sorted((root / "xclip").glob("*.yaml")) + sorted((root / "ost").glob("*.yaml"))
+    assert len(official) > 10
+    for f in official:
+        cfg = load_config([str(f)])
+        assert cfg.train.schedule == "timm_cosine", f
+        assert cfg.data.aug.color_jitter_per_frame, f
+        assert cfg.data.aug.mix_partner == "permutation" and cfg.eval.epoch_view_counts() == (1, 1), f
+    default = RunConfig()
+    assert default.train.schedule == "cosine_after_warmup" and not default.data.aug.color_jitter_per_frame
+    assert load_config([str(root / "demo" / "clip_mean.yaml")]).train.schedule == "cosine_after_warmup"

@@ -111,4 +111,5 @@ def test_two_process_gloo(tmp_path):
         assert r["gathered"] == [{"rank": 0, "name": "r0"}, {"rank": 1, "name": "r1"}]
         assert r["total"] == [3.0, 20.0]
         assert r["num_videos"] == 5 and r["top1"] == 1.0 and r["per_class_count"] == [2, 2, 1]
-    assert time.time() - t0 < 15
+    # a hang guard, not a speed test (the init timeout is 30 s): ~13 s idle, ~31 s on a loaded 2-core box
+    assert time.time() - t0 < 120

@@ -75,10 +75,16 @@ def test_setup_logging_idempotent(tmp_path):
 
 def test_tensorboard_auto_absent_and_required(tmp_path, caplog, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    monkeypatch.setitem(vlog._said, "tensorboard_missing", False)  # as in a fresh process
     caplog.set_level(logging.INFO)
     with RunLogger(tmp_path, use_tensorboard="auto") as rl:
         assert not rl.tensorboard
         rl.log(1, loss=0.5)
+    assert caplog.text.count("TensorBoard not installed") == 1
+    # later runs of the same process (a protocol's sub-runs, train then eval) do not repeat it
+    for sub in ("a", "b"):
+        with RunLogger(tmp_path / sub, use_tensorboard="auto") as rl:
+            assert not rl.tensorboard
     assert caplog.text.count("TensorBoard not installed") == 1
     with pytest.raises(ConfigError, match="tensorboard is not installed"):
         RunLogger(tmp_path, use_tensorboard=True)

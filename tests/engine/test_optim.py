@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from vclip.engine.optim import WarmupCosine, build_optimizer, param_groups, warmup_cosine_lr
+from vclip.engine.optim import WarmupCosine, build_optimizer, param_groups, timm_cosine_lr, warmup_cosine_lr
 from vclip.errors import ConfigError
 
 
@@ -199,3 +199,100 @@ def test_scheduler_errors(kwargs, match):
     opt = build_optimizer(nn.Linear(2, 2), lr=1e-3, weight_decay=0.0)
     with pytest.raises(ConfigError, match=match):
         WarmupCosine(opt, **kwargs)
+
+
+# ------------------------------------------------------------------------- timm_cosine (official)
+
+def timm_cosine_reference(t, *, base, t_initial, warmup_t, lr_min, warmup_lr_init=0.0, cycle_limit=1):
+    """timm's ``CosineLRScheduler._get_lr(t)`` as the official X-CLIP/OST code configures it
+    (``t_in_epochs=False``, ``cycle_mul=1``, ``decay_rate=1``, no ``warmup_prefix``), written out by
+    hand: a linear warm-up from ``warmup_lr_init`` over ``warmup_t`` steps, otherwise the cycle's
+    cosine with ``t`` counted from 0 (warm-up included), ``lr_min`` after the last cycle."""
+    if t < warmup_t:
+        return warmup_lr_init + t * (base - warmup_lr_init) / warmup_t
+    i = t // t_initial                      # the cycle (one cycle: 0 until t_initial)
+    t_curr = t - t_initial * i
+    if i >= cycle_limit:
+        return lr_min
+    return lr_min + 0.5 * (base - lr_min) * (1 + math.cos(math.pi * t_curr / t_initial))
+
+
+def test_timm_cosine_follows_timms_formula_for_every_step_and_group():
+    m = Toy()
+    opt = build_optimizer(m, lr=LR, weight_decay=0.0, **NEW)
+    sched = WarmupCosine(opt, total_steps=TOTAL, warmup_steps=WARM, min_lr=MIN, schedule="timm_cosine")
+    for step in range(TOTAL + 5):
+        want = [timm_cosine_reference(step, base=b, t_initial=TOTAL, warmup_t=WARM, lr_min=MIN)
+                for b in (LR, LR, 10 * LR, 10 * LR)]
+        assert [g["lr"] for g in opt.param_groups] == pytest.approx(want, rel=1e-12, abs=1e-15), step
+        opt.step()
+        sched.step()
+    # not the other shape: after the warm-up the cosine has already run for WARM steps
+    assert timm_cosine_lr(WARM, base_lr=LR, total_steps=TOTAL, warmup_steps=WARM, min_lr=MIN) < 0.98 * LR
+    assert warmup_cosine_lr(WARM, base_lr=LR, total_steps=TOTAL, warmup_steps=WARM, min_lr=MIN) == LR
+
+
+def test_official_30_epoch_run_figures():
+    """X-CLIP/OST: 30 epochs, 5 warm-up epochs, lr_min = LR/100. timm: 0.934·LR when the warm-up
+    ends and 0.505·LR at epoch 15; the cosine-after-warm-up shape: LR and 0.658·LR."""
+    per_epoch = 100
+    kw = {"base_lr": 1.0, "total_steps": 30 * per_epoch, "warmup_steps": 5 * per_epoch, "min_lr": 0.01}
+
+    def timm(epoch):
+        return timm_cosine_lr(int(epoch * per_epoch), **kw)
+
+    def after(epoch):
+        return warmup_cosine_lr(int(epoch * per_epoch), **kw)
+
+    assert timm(5) == pytest.approx(0.934, abs=5e-4)
+    assert timm(15) == pytest.approx(0.505, abs=5e-4)
+    assert after(5) == 1.0 and after(15) == pytest.approx(0.658, abs=5e-4)
+    assert timm(2.5) == after(2.5) == pytest.approx(0.5)        # the same linear warm-up from 0
+    assert timm(30) == after(30) == 0.01
+    # ~18 % more LR on average over the run with the cosine after the warm-up
+    steps = range(30 * per_epoch)
+    ratio = sum(warmup_cosine_lr(s, **kw) for s in steps) / sum(timm_cosine_lr(s, **kw) for s in steps)
+    assert 1.15 < ratio < 1.21
+
+
+def test_without_warmup_both_schedules_agree():
+    kw = {"base_lr": 1.0, "total_steps": 40, "warmup_steps": 0, "min_lr": 0.01}
+    assert [timm_cosine_lr(s, **kw) for s in range(45)] == pytest.approx([warmup_cosine_lr(s, **kw) for s in range(45)])
+
+
+def test_timm_cosine_resume_is_exact():
+    """The schedule travels in the scheduler state: a fresh scheduler (configured either way)
+    loading it continues with timm's LRs; a state saved before the option existed (no
+    ``schedule``) keeps the configured one."""
+    def fresh(schedule):
+        o = build_optimizer(Toy(), lr=LR, weight_decay=0.0, **NEW)
+        return o, WarmupCosine(o, total_steps=TOTAL, warmup_steps=WARM, min_lr=MIN, schedule=schedule)
+
+    opt, sched = fresh("timm_cosine")
+    lrs_at(opt, sched, 23)
+    buf = io.BytesIO()
+    torch.save(sched.state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    assert state["schedule"] == "timm_cosine"
+    opt2, sched2 = fresh("timm_cosine")
+    sched2.load_state_dict(state)
+    for o, s in ((opt, sched), (opt2, sched2)):
+        for _ in range(3):
+            o.step()
+            s.step()
+    want = [timm_cosine_reference(26, base=b, t_initial=TOTAL, warmup_t=WARM, lr_min=MIN)
+            for b in (LR, LR, 10 * LR, 10 * LR)]
+    assert [g["lr"] for g in opt2.param_groups] == [g["lr"] for g in opt.param_groups] == pytest.approx(want)
+    old = {k: v for k, v in state.items() if k != "schedule"}
+    opt3, sched3 = fresh("cosine_after_warmup")
+    sched3.load_state_dict(old)
+    assert sched3.schedule == "cosine_after_warmup"
+    assert opt3.param_groups[0]["lr"] == pytest.approx(
+        warmup_cosine_lr(23, base_lr=LR, total_steps=TOTAL, warmup_steps=WARM, min_lr=MIN))
+
+
+def test_unknown_schedule_is_refused():
+    opt = build_optimizer(nn.Linear(2, 2), lr=1e-3, weight_decay=0.0)
+    with pytest.raises(ConfigError, match=r"train\.schedule: 'cosine'"):
+        WarmupCosine(opt, total_steps=10, warmup_steps=1, min_lr=0.0, schedule="cosine")

@@ -218,3 +218,93 @@ def test_loss_is_the_weighted_sum_of_the_logged_terms(synth, make_config):
     assert [m["loss"] for m in ma] == pytest.approx([m["ce"] for m in ma], rel=1e-6)
     assert [m["loss"] for m in mb] == pytest.approx([0.25 * m["ce"] for m in mb], rel=1e-6)
     assert mb[0]["ce"] == pytest.approx(ma[0]["ce"], rel=1e-6)
+
+
+# ----------------------------------------------------------------- official-recipe options (issue 12)
+
+def _small_lists(synth: Path, out: Path, train: int = 32, val: int = 12) -> dict:
+    """The first ``train`` / ``val`` videos of the synthetic set as ``data`` overrides."""
+    lists = {}
+    for key, name, n in (("train_list", "train.txt", train), ("val_list", "val.txt", val)):
+        path = out / f"small_{name}"
+        path.write_text("".join((synth / name).read_text().splitlines(keepends=True)[:n]))
+        lists[key] = str(path)
+    return lists
+
+
+def test_epoch_views_during_training_full_views_at_the_end(synth, make_config, tmp_path, monkeypatch):
+    """``eval.epoch_views`` (default "1x1", the official per-epoch validation): every epoch is scored
+    with 1 clip × 1 crop, and after the last epoch also with ``num_clips × num_crops`` (results.json,
+    ``final/*`` metrics); ``best`` is chosen on the 1×1 scores. ``null``: the full views every time.
+    (A tiny model scores the same top-1 with any views, so the real evaluation's top-1 is replaced by
+    distinct values per (views, call): 1×1 → 0.5 then 0.25, full views → 0.75.)"""
+    import vclip.engine.trainer as trainer_module
+
+    real = trainer_module.evaluate_method
+    fake_top1 = {(1, 1): [0.5, 0.25], (2, 3): [0.75]}
+
+    def evaluate_method(method, dataset, vocab, cfg, *args, **kwargs):
+        out = real(method, dataset, vocab, cfg, *args, **kwargs)
+        views = (out["views"]["clips"], out["views"]["crops"])
+        video = dataset[0]["video"]  # [T, 3, H, W] (one view) or [V, T, 3, H, W]
+        assert (1 if video.dim() == 4 else video.shape[0]) == views[0] * views[1]  # the dataset's views
+        return dict(out, top1=fake_top1[views].pop(0))
+
+    monkeypatch.setattr(trainer_module, "evaluate_method", evaluate_method)
+    small = _small_lists(synth, tmp_path)  # 4 steps per epoch, 12 videos to score
+    path = make_config("views", data=small, train={"epochs": 2, "eval_every": 1},
+                       eval={"num_clips": 2, "num_crops": 3})
+    cfg = load_config([str(path)])
+    assert cfg.eval.epoch_views == "1x1"
+    results = train(cfg)
+    assert fake_top1 == {(1, 1): [], (2, 3): []}  # exactly three evaluations
+    run_dir = cfg.run_dir
+    epoch1 = json.loads((run_dir / "results_epoch1.json").read_text())
+    epoch2 = json.loads((run_dir / "results_epoch2.json").read_text())
+    final = json.loads((run_dir / "results.json").read_text())
+    assert (epoch1["views"]["clips"], epoch1["views"]["crops"]) == (1, 1)
+    assert (epoch2["views"]["clips"], epoch2["views"]["crops"]) == (1, 1)
+    assert (final["views"]["clips"], final["views"]["crops"]) == (2, 3)
+    assert (epoch1["top1"], epoch2["top1"], final["top1"], results["top1"]) == (0.5, 0.25, 0.75, 0.75)
+    assert final["epoch_views"]["top1"] == 0.25 and final["epoch_views"]["views"]["clips"] == 1
+    metrics = read_metrics(run_dir)
+    assert [m["val/top1"] for m in metrics if "val/top1" in m] == [0.5, 0.25]
+    assert [m["final/top1"] for m in metrics if "final/top1" in m] == [0.75]
+    best = json.loads((run_dir / "checkpoints" / "best" / "meta.json").read_text())
+    assert (best["metric"], best["epoch"]) == (0.5, 1)  # chosen on 1×1 scores, not the final 0.75
+    monkeypatch.setattr(trainer_module, "evaluate_method", real)
+    # null: the configured views at every evaluation
+    cfg = load_config([str(make_config("views-all", data=small, train={"epochs": 2, "eval_every": 1},
+                                       eval={"num_clips": 2, "num_crops": 3, "epoch_views": None}))])
+    train(cfg)
+    for name in ("results_epoch1.json", "results_epoch2.json", "results.json"):
+        got = json.loads((cfg.run_dir / name).read_text())
+        assert (got["views"]["clips"], got["views"]["crops"]) == (2, 3), name
+        assert "epoch_views" not in got
+
+
+def test_timm_cosine_schedule_and_official_augmentation_options_reach_the_run(synth, make_config, tmp_path):
+    """``train.schedule=timm_cosine``: the LR of every logged step is timm's (cosine from step 0,
+    warm-up included: below the base LR right after the warm-up); the augmentation options reach
+    the training transform and Mixup."""
+    from vclip.data.transforms import ColorJitter
+    from vclip.engine import data as run_data
+    from vclip.engine.optim import timm_cosine_lr
+
+    cfg = load_config([str(make_config("timm", data=_small_lists(synth, tmp_path)))], [
+        "data.val_list=null", "train.epochs=4", "train.warmup_epochs=1", "train.schedule=timm_cosine",
+        "data.aug.color_jitter=0.5", "data.aug.color_jitter_per_frame=true",
+        "data.aug.mixup=0.8", "data.aug.mix_partner=reversed"])
+    names = run_data.class_names(cfg)
+    jitter = [t for t in run_data.train_dataset(cfg, names).transform.transforms if isinstance(t, ColorJitter)]
+    assert jitter[0].per_frame and jitter[0].p == 0.5
+    assert run_data.mixup(cfg, len(names)).partner == "reversed"
+    assert run_data.mixup(load_config([str(make_config("perm"))], ["data.aug.mixup=0.8"]), 3).partner == "permutation"
+    train(cfg)
+    lrs = {m["step"]: m["lr"] for m in read_metrics(cfg.run_dir) if "lr" in m}
+    assert sorted(lrs) == list(range(1, 17))  # 4 epochs × 4 steps; logged step s used LR(s - 1)
+    for s, lr in lrs.items():
+        assert lr == pytest.approx(timm_cosine_lr(s - 1, base_lr=1e-3, total_steps=16, warmup_steps=4,
+                                                  min_lr=1e-5), rel=1e-9), s
+    # right after the warm-up the cosine is already a quarter through (the other shape: 1e-3)
+    assert lrs[5] == pytest.approx(1e-5 + (1e-3 - 1e-5) * (1 + 2 ** -0.5) / 2)

@@ -244,18 +244,28 @@ def test_ost_trains_and_evaluates_from_described_files(synth, tmp_path):
 
 
 def test_forward_with_targets_returns_both_kl_terms_or_ce():
-    """The training loss the trainer sums: both KL directions by name (official ``loss="kl"``), or one
-    cross-entropy (``loss="ce"``), from the logits of the same forward."""
+    """The training loss the trainer sums: both KL directions by name (official ``loss="kl"``) over
+    the official B × B logits (every video against every sample's class descriptors, one OT problem
+    per pair), or one cross-entropy (``loss="ce"``) from the logits of the same forward."""
+    from vclip.methods.ost import kl_batch_loss
+
     m = _tiny_ost().eval()
     vocab = Vocabulary(("a", "b", "c"), descriptors=[("x", "y", "step one", "step two")] * 3)
     video = torch.randn(4, 4, 3, m.clip.config.vision.image_size, m.clip.config.vision.image_size)
     y = torch.tensor([0, 2, 2, 1])
     with torch.no_grad():
         out = m(video, vocab, y)
-    ref = kl_contrastive_loss(out.logits, y)
+        cf = m.class_features(vocab)
+        square = m.logits(m.encode_video(video), {k: v[y] for k, v in cf.items()})   # [B, B]
+    ref = kl_batch_loss(square, y)
     assert set(out.losses) == {"kl_v2t", "kl_t2v"} and set(out.losses) <= set(OST.loss_weights)
     for k in ref:
         assert torch.equal(out.losses[k], ref[k])
+    # the B × B logits are the columns logits[:, y_j] of the all-class logits, up to the global
+    # stopping rule (the official B × B problems stop together, not with the B × K of the logits)
+    cols = kl_contrastive_loss(out.logits, y)
+    for k in ref:
+        assert torch.allclose(out.losses[k], cols[k], atol=1e-3)
     lb = out.logits[:, y]
     q = torch.softmax(10 * (y[:, None] == y[None, :]).float(), 1)
     by_hand = sum(F.kl_div(F.log_softmax(x, 1), q, reduction="batchmean") for x in (lb, lb.t()))

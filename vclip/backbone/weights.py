@@ -239,13 +239,23 @@ def _vclip_config(meta: dict, where: Path) -> CLIPConfig:
         raise CheckpointError(f"{where}: invalid vclip config: {e}") from None
 
 
+def state_differences(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]
+                      ) -> tuple[list[str], list[str], list[str]]:
+    """What keeps ``state`` from loading strictly into a model whose state dict is ``own``: the keys
+    ``own`` has and ``state`` lacks, the keys ``state`` has and ``own`` lacks, and the keys both hold
+    with different shapes (each in ``own``'s / ``state``'s order)."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shaped = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    return missing, unexpected, shaped
+
+
 def load_state_dict_checked(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: Path | str) -> None:
     """``load_state_dict(strict=True)`` with errors that name the file and the offending keys."""
     own = model.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    wrong = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-             for k in own if k in sd and sd[k].shape != own[k].shape]
+    missing, unexpected, shaped = state_differences(own, sd)
+    missing, unexpected = sorted(missing), sorted(unexpected)
+    wrong = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in shaped]
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing key(s): {_few(missing)}")

@@ -14,9 +14,14 @@ read_ssv2_json         Something-Something v2 ``{"id", "template", ...}`` lists 
                        (name → id); files ``<id>.webm``
 read_hmdb_splits       HMDB-51 official ``<class>_test_split<k>.txt`` (``<video>.avi <0|1|2>``)
 read_ucf_splits        UCF-101 ``classInd.txt`` + ``trainlist0k.txt`` / ``testlist0k.txt``
+read_activitynet_json  ActivityNet 1.3 ``{"database": {id: {"subset", "duration", "annotations":
+                       [{"label", "segment": [start_s, end_s]}]}}}`` → one record per labelled
+                       segment of untrimmed ``v_<id>.mp4``, carrying ``segment`` (seconds)
 =====================  ===========================================================================
 
-Labels are 0-based integers (the row of the label list). Every error is an
+:func:`load_annotations` (what :class:`~vclip.data.datasets.VideoDataset` and the engine call) picks
+the reader from the content of a ``.json`` file: a list is an mmaction2 list, an object with a
+``database`` is ActivityNet. Labels are 0-based integers (the row of the label list). Every error is an
 :class:`~vclip.errors.AnnotationError` whose message starts with ``<file>:<line>:`` where a line is
 involved. Blank lines and lines starting with ``#`` are skipped in the text formats.
 """
@@ -26,6 +31,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -35,17 +42,22 @@ from typing import Iterable, Sequence
 from vclip.errors import AnnotationError
 from vclip.io import atomic_write_text
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class VideoRecord:
     """One video: ``path`` (relative to the dataset root, or absolute), 0-based ``label`` (-1 when
     unknown, e.g. unlabeled test lists), ``num_frames`` when the annotation states it (rawframes),
-    and format-specific extras in ``meta``."""
+    format-specific extras in ``meta``, and ``segment``: ``(start_s, end_s)`` in seconds when the
+    record is a labelled part of an untrimmed video (ActivityNet); the samplers then draw frames
+    only inside it. ``None``: the whole video."""
 
     path: str
     label: int
     num_frames: int | None = None
     meta: dict = field(default_factory=dict)
+    segment: tuple[float, float] | None = None
 
 
 def _err(path, lineno: int | None, msg: str) -> AnnotationError:
@@ -193,7 +205,10 @@ def read_split_file(path, fmt: str = "auto", num_classes: int | None = None) -> 
 def read_mmaction_json(path, num_classes: int | None = None) -> list[VideoRecord]:
     """mmaction2 JSON list: ``[{"filename": ..., "label": int}, ...]`` (videos) or
     ``[{"frame_dir": ..., "total_frames": int, "label": int}, ...]`` (rawframes)."""
-    data = _load_json(path)
+    return _mmaction_records(_load_json(path), path, num_classes)
+
+
+def _mmaction_records(data, path, num_classes: int | None) -> list[VideoRecord]:
     if not isinstance(data, list):
         raise _err(path, None, "expected a JSON list of objects")
     records = []
@@ -468,11 +483,266 @@ def read_ucf_splits(
     return records, names
 
 
+# --------------------------------------------------------------------------------- ActivityNet
+ACTIVITYNET_SUBSETS = ("training", "validation", "testing")
+#: File extensions tried for an ActivityNet video, in this order (after the ``v_`` prefix, then without).
+ACTIVITYNET_EXTENSIONS = (".mp4", ".mkv", ".webm")
+BAD_SEGMENT_POLICIES = ("skip", "error")
+_SUBSET_ALIASES = {"train": "training", "val": "validation", "test": "testing"}
+
+
+def activitynet_filenames(video_id: str) -> list[str]:
+    """Candidate file names of an ActivityNet video, in the order they are tried:
+    ``v_<id>.mp4 v_<id>.mkv v_<id>.webm <id>.mp4 <id>.mkv <id>.webm`` (the crawler writes
+    ``v_<id>.mp4``; youtube-dl downloads may keep the bare id and another container)."""
+    return [f"{prefix}{video_id}{ext}" for prefix in ("v_", "") for ext in ACTIVITYNET_EXTENSIONS]
+
+
+def _activitynet_database(data, path) -> dict:
+    if not isinstance(data, dict) or "database" not in data:
+        raise _err(path, None, "not an ActivityNet file: expected a JSON object with a 'database' key")
+    db = data["database"]
+    if not isinstance(db, dict):
+        raise _err(path, None, f"'database' must be an object {{video id: {{...}}}}, got {type(db).__name__}")
+    if not db:
+        raise _err(path, None, "'database' holds no videos")
+    return db
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _activitynet_videos(db: dict, path):
+    """Validated ``(video_id, subset, duration | None, [(k, label, start, end)], entry)`` per video."""
+    for vid, entry in db.items():
+        where = f"video {vid!r}"
+        if not isinstance(entry, dict):
+            raise _err(path, None, f"{where}: expected an object, got {type(entry).__name__}")
+        subset = entry.get("subset")
+        if not isinstance(subset, str) or not subset:
+            raise _err(path, None, f"{where}: 'subset' must be a string (training|validation|testing), got {subset!r}")
+        duration = entry.get("duration")
+        if duration is not None and not (_is_number(duration) and duration > 0):
+            raise _err(path, None, f"{where}: 'duration' must be a positive number of seconds, got {duration!r}")
+        anns = entry.get("annotations", [])
+        if not isinstance(anns, list):
+            raise _err(path, None, f"{where}: 'annotations' must be a list, got {type(anns).__name__}")
+        parsed = []
+        for k, a in enumerate(anns):
+            aw = f"{where}: annotation {k}"
+            if not isinstance(a, dict):
+                raise _err(path, None, f"{aw}: expected an object with 'label' and 'segment'")
+            label = a.get("label")
+            if not isinstance(label, str) or not label.strip():
+                raise _err(path, None, f"{aw}: 'label' must be a non-empty string, got {label!r}")
+            seg = a.get("segment")
+            if not (isinstance(seg, (list, tuple)) and len(seg) == 2 and all(_is_number(t) for t in seg)):
+                raise _err(path, None, f"{aw} ({label!r}): 'segment' must be [start, end] in seconds, got {seg!r}")
+            parsed.append((k, label, float(seg[0]), float(seg[1])))
+        yield vid, subset, (float(duration) if duration is not None else None), parsed, entry
+
+
+def activitynet_class_names(path) -> list[str]:
+    """The sorted set of annotation labels of an ActivityNet JSON, all subsets together (200 for
+    v1.3): the class order :func:`read_activitynet_json` uses without ``class_names``. Write it
+    as a label CSV with :func:`write_label_csv` for configs that need ``data.labels``."""
+    return _activitynet_names(_activitynet_database(_load_json(path), path), path)
+
+
+def _activitynet_names(db: dict, path) -> list[str]:
+    names = sorted({label for _, _, _, anns, _ in _activitynet_videos(db, path) for _, label, _, _ in anns})
+    if not names:
+        raise _err(path, None, "no labelled segments in any subset")
+    return names
+
+
+def read_activitynet_json(
+    path,
+    subset: str | None = None,
+    class_names: Sequence[str] | None = None,
+    *,
+    root=None,
+    path_format: str | None = None,
+    on_bad_segment: str = "skip",
+    num_classes: int | None = None,
+    stats: dict | None = None,
+) -> tuple[list[VideoRecord], list[str]]:
+    """ActivityNet 1.3 JSON (``activity_net.v1-3.min.json``) → ``(records, class_names)``: one
+    record per labelled segment of the videos of ``subset``, with ``segment=(start_s, end_s)``.
+
+    Layout: ``{"version", "taxonomy", "database": {<youtube id>: {"subset": "training" |
+    "validation" | "testing", "duration": seconds, "resolution", "url", "annotations": [{"label":
+    name, "segment": [start_s, end_s]}]}}}``.
+
+    * ``subset``: ``"training"``, ``"validation"`` or ``"testing"`` (``train``/``val``/``test``
+      accepted). ``None`` is allowed only when the file holds a single subset.
+    * Class ids: the position of the label in ``class_names`` (matched by :func:`name_key`), or,
+      when ``None``, in the sorted set of labels of the whole file (all subsets, so training and
+      validation agree). ``num_classes`` (a label list's length) is checked against that set.
+    * Segments are clamped to ``[0, duration]``. A segment that is empty after clamping (end <=
+      start, or lying outside the video: v1.3 has a few ``[0, 0]`` ones) is skipped, counted and
+      logged once (``on_bad_segment="skip"``, default) or is an error naming the video and segment
+      (``"error"``). Malformed fields are always errors naming the video id.
+    * Files: ``path_format`` (``str.format`` with ``{id}`` and ``{subset}``, e.g.
+      ``"{subset}/v_{id}.mp4"``), else the first of :func:`activitynet_filenames` present in
+      ``root``, else ``v_<id>.mp4`` (a missing video then fails when loaded; the count of missing
+      videos is logged).
+    * ``stats``, if given, receives ``segments``, ``skipped_segments``, ``clamped_segments``,
+      ``videos`` and ``missing_videos``.
+    """
+    if on_bad_segment not in BAD_SEGMENT_POLICIES:
+        raise AnnotationError(f"on_bad_segment must be one of {BAD_SEGMENT_POLICIES}, got {on_bad_segment!r}")
+    return _activitynet_records(_load_json(path), path, subset, class_names, root, path_format,
+                                on_bad_segment, num_classes, stats)
+
+
+def _activitynet_records(data, path, subset, class_names, root, path_format, on_bad_segment,
+                         num_classes, stats) -> tuple[list[VideoRecord], list[str]]:
+    db = _activitynet_database(data, path)
+    videos = list(_activitynet_videos(db, path))  # validates every entry, whatever the subset
+    found = list(dict.fromkeys(v[1] for v in videos))
+    if subset is None:
+        if len(found) != 1:
+            raise _err(path, None, f"the file holds the subsets {found}: choose one "
+                                   "(subset='training' to train, 'validation' to evaluate)")
+        subset = found[0]
+    subset = _SUBSET_ALIASES.get(subset, subset)
+    if subset not in found:
+        raise _err(path, None, f"no video of subset {subset!r} (subsets in the file: {found})")
+    if class_names is None:
+        class_names = _activitynet_names(db, path)
+        if num_classes is not None and len(class_names) != num_classes:
+            raise _err(path, None, f"the file has {len(class_names)} classes but the label list has "
+                                   f"{num_classes}: without class names the ids are the file's sorted "
+                                   "labels, so pass the label list's names (class_names) to map them")
+    elif num_classes is not None and len(class_names) != num_classes:
+        raise AnnotationError(f"{path}: {len(class_names)} class names given but num_classes={num_classes}")
+    index = _name_index(class_names, path)
+    available = None
+    if path_format is None and root is not None:
+        try:
+            available = set(os.listdir(root))
+        except OSError:
+            available = set()
+    records: list[VideoRecord] = []
+    skipped: list[str] = []
+    clamped = missing = nvideos = 0
+    for vid, vsubset, duration, anns, _entry in videos:
+        if vsubset != subset or not anns:
+            continue
+        if path_format is not None:
+            try:
+                rel = path_format.format(id=vid, subset=vsubset)
+            except (KeyError, IndexError, ValueError) as e:
+                raise AnnotationError(f"path_format {path_format!r}: {e!r} (fields: {{id}}, {{subset}})") from None
+        else:
+            names = activitynet_filenames(vid)
+            rel = next((n for n in names if available is not None and n in available), None)
+            if rel is None:
+                rel = names[0]
+                missing += available is not None
+        video_records = 0
+        for k, label_name, start, end in anns:
+            label = index.get(name_key(label_name))
+            if label is None:
+                raise _err(path, None, f"video {vid!r}: annotation {k}: label {label_name!r} is not in the class list")
+            lo = max(start, 0.0)
+            hi = min(end, duration) if duration is not None else end
+            if hi <= lo:
+                if end <= start:
+                    why = "has end <= start"
+                elif duration is not None and start >= duration:
+                    why = f"starts at or after the end of the video ({duration:g} s)"
+                else:
+                    why = "ends before 0 s"
+                msg = f"video {vid!r}: annotation {k} ({label_name!r}): segment [{start:g}, {end:g}] {why}"
+                if on_bad_segment == "error":
+                    raise _err(path, None, msg)
+                skipped.append(msg)
+                continue
+            clamped += (lo, hi) != (start, end)
+            meta = {"video_id": vid, "subset": vsubset, "duration": duration,
+                    "annotation": k, "source": f"{path} (video {vid}, annotation {k})"}
+            if (lo, hi) != (start, end):
+                meta["annotated_segment"] = (start, end)
+            records.append(VideoRecord(rel, label, None, meta, segment=(lo, hi)))
+            video_records += 1
+        nvideos += video_records > 0
+    if skipped:
+        log.warning("%s: skipped %d empty or out-of-video segment(s) of subset %r, e.g. %s "
+                    "(on_bad_segment='error' makes this an error)", path, len(skipped), subset, skipped[0])
+    if missing:
+        log.warning("%s: %d of %d %s videos not found in %s (tried %s); they fail when loaded",
+                    path, missing, nvideos, subset, root, " ".join(activitynet_filenames("<id>")))
+    if stats is not None:
+        stats.update(segments=len(records), skipped_segments=len(skipped), clamped_segments=clamped,
+                     videos=nvideos, missing_videos=missing)
+    if not records:
+        hint = " (the official testing subset has no public labels)" if subset == "testing" else ""
+        raise _err(path, None, f"subset {subset!r} has no labelled segments{hint}")
+    return records, list(class_names)
+
+
 # ------------------------------------------------------------------------------------ dispatch
+ANNOTATION_FORMATS = ("auto", "video", "rawframes", "mmaction_json", "activitynet")
+
+
+def read_annotations(
+    path,
+    fmt: str = "auto",
+    *,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+    subset: str | None = None,
+    root=None,
+    **kwargs,
+) -> tuple[list[VideoRecord], list[str] | None]:
+    """Read an annotation file by format name → ``(records, class_names)``.
+
+    ``fmt``: ``auto`` (a ``.json`` file by its content: a list → mmaction JSON, an object with
+    ``database`` → ActivityNet; anything else a split file, rawframe lists detected), ``video``,
+    ``rawframes``, ``mmaction_json``, ``activitynet``. ``class_names`` (or just ``num_classes``)
+    checks label ranges, and maps ActivityNet's label names to ids. ``subset`` and ``root`` are
+    used by ActivityNet only (one file, several subsets; video file names looked up in ``root``);
+    the single-list formats ignore them. Extra keywords go to the reader
+    (:func:`read_activitynet_json`'s ``path_format``, ``on_bad_segment``, ``stats``).
+    The class names returned are the file's own (ActivityNet) or ``class_names`` as given.
+    """
+    if fmt not in ANNOTATION_FORMATS:
+        raise AnnotationError(f"{path}: unknown annotation format {fmt!r} ({'|'.join(ANNOTATION_FORMATS)})")
+    if class_names is not None and num_classes is None:
+        num_classes = len(class_names)
+    if fmt in ("mmaction_json", "activitynet") or (fmt == "auto" and str(path).lower().endswith(".json")):
+        data = _load_json(path)
+        if fmt == "activitynet" or (fmt == "auto" and isinstance(data, dict) and "database" in data):
+            options = {"path_format": None, "on_bad_segment": "skip", "stats": None}
+            if set(kwargs) - set(options):
+                _unknown(path, {k: v for k, v in kwargs.items() if k not in options})
+            options.update(kwargs)
+            if options["on_bad_segment"] not in BAD_SEGMENT_POLICIES:
+                raise AnnotationError(f"on_bad_segment must be one of {BAD_SEGMENT_POLICIES}, "
+                                      f"got {options['on_bad_segment']!r}")
+            return _activitynet_records(data, path, subset, class_names, root, options["path_format"],
+                                        options["on_bad_segment"], num_classes, options["stats"])
+        if fmt == "auto" and not isinstance(data, list):
+            raise _err(path, None, "expected a JSON list (mmaction2) or an object with a 'database' "
+                                   "key (ActivityNet)")
+        if kwargs:
+            _unknown(path, kwargs)
+        return _mmaction_records(data, path, num_classes), (list(class_names) if class_names else None)
+    if kwargs:
+        _unknown(path, kwargs)
+    records = read_split_file(path, fmt=fmt, num_classes=num_classes)
+    return records, (list(class_names) if class_names is not None else None)
+
+
+def _unknown(path, kwargs):
+    raise AnnotationError(f"{path}: option(s) {sorted(kwargs)} do not apply to this annotation format")
+
+
 def load_annotations(path, fmt: str = "auto", **kwargs) -> list[VideoRecord]:
-    """Read a split/list file by format name: ``auto`` (``.json`` → mmaction JSON, else split
-    file), ``video``, ``rawframes``, ``mmaction_json``. Other formats return class names too: call
-    their readers directly."""
-    if fmt == "mmaction_json" or (fmt == "auto" and str(path).endswith(".json")):
-        return read_mmaction_json(path, **kwargs)
-    return read_split_file(path, fmt=fmt, **kwargs)
+    """The records of :func:`read_annotations` (same arguments): what the engine calls for
+    ``data.train_list``/``data.val_list``. Kinetics CSV, SSv2, HMDB and UCF lists return class
+    names too: call their readers directly."""
+    return read_annotations(path, fmt, **kwargs)[0]

@@ -36,8 +36,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from vclip.data.annotations import VideoRecord, load_annotations, read_label_csv
-from vclip.data.sampling import FrameSampler
+from vclip.data.annotations import VideoRecord, read_annotations, read_label_csv
+from vclip.data.sampling import FrameSampler, segment_frame_range
 from vclip.data.transforms import to_clip_tensor
 from vclip.errors import ConfigError, VideoDecodeError
 
@@ -50,7 +50,8 @@ class VideoDataset(torch.utils.data.Dataset):
     """Map-style dataset of video clips.
 
     Args:
-        records: :class:`VideoRecord` list (see :mod:`vclip.data.annotations`).
+        records: :class:`VideoRecord` list (see :mod:`vclip.data.annotations`); a record with a
+            ``segment`` (seconds, ActivityNet) is sampled and decoded only inside it.
         root: folder the record paths are relative to (``None``: paths used as they are).
         class_names: names indexed by label (``None``: unnamed).
         num_frames: frames per clip when ``sampler`` is ``None`` (TSN segments).
@@ -106,13 +107,15 @@ class VideoDataset(torch.utils.data.Dataset):
                     )
 
     @classmethod
-    def from_files(cls, annotation, root=None, labels=None, fmt: str = "auto", **kwargs) -> "VideoDataset":
-        """A dataset from a split/list file (``relpath label``, rawframe lists, mmaction JSON) and
-        an optional ``id,name`` label CSV."""
+    def from_files(
+        cls, annotation, root=None, labels=None, fmt: str = "auto", *, subset: str | None = None, **kwargs
+    ) -> "VideoDataset":
+        """A dataset from an annotation file (split file ``relpath label``, rawframe lists, mmaction
+        JSON, ActivityNet JSON) and an optional ``id,name`` label CSV. ``subset`` picks the
+        ActivityNet subset (``"training"``/``"validation"``); ActivityNet's class names come from
+        its labels when ``labels`` is ``None``, and its video files are looked up in ``root``."""
         class_names = read_label_csv(labels) if labels is not None else None
-        records = load_annotations(
-            annotation, fmt=fmt, num_classes=len(class_names) if class_names else None
-        )
+        records, class_names = read_annotations(annotation, fmt, class_names=class_names, subset=subset, root=root)
         return cls(records, root, class_names, **kwargs)
 
     # ------------------------------------------------------------------------------ basics
@@ -158,7 +161,13 @@ class VideoDataset(torch.utils.data.Dataset):
             n = reader.num_frames
             if n < 1:
                 raise VideoDecodeError(f"{path}: no frames")
-            idx = self.sampler(n, rng)  # [J, L]
+            window = None
+            if record.segment is not None:  # a labelled part of an untrimmed video: sample inside it
+                try:
+                    window = segment_frame_range(*record.segment, reader.fps, n)
+                except ValueError as e:
+                    raise VideoDecodeError(f"{path}: {e}") from None
+            idx = self.sampler(n, rng, window=window)  # [J, L]; only the window's frames are decoded
             frames = reader.get_frames(idx.reshape(-1))
         clip = to_clip_tensor(frames)  # uint8 [J*L, 3, H, W]
         out = self.transform(clip, rng) if self.transform is not None else clip.float()

@@ -16,7 +16,6 @@ and counted; the others go on. Exit status 0 when every video is ready, 1 when s
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
@@ -323,12 +322,11 @@ def register_cli(data_subparsers) -> None:
         "prepare",
         help="re-encode a video folder (short side, keyframes every second) or extract frames",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("src", type=Path, help="folder of source videos (searched recursively)")
     p.add_argument("dst", type=Path, help="output folder (same relative paths)")
     p.add_argument("--short-side", type=int, default=320, help="resize the short side to this (0: keep); never upscales")
-    p.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)), help="parallel processes")
+    p.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)), help="parallel processes (default: min(8, CPUs))")
     p.add_argument("--ext", default=",".join(DEFAULT_EXTS), help="comma-separated extensions to convert")
     p.add_argument("--crf", type=int, default=23, help="x264 constant rate factor (lower: better quality)")
     p.add_argument("--preset", default="veryfast", help="x264 preset")

@@ -29,6 +29,14 @@ than the video runs past the end; the ``short_policy`` decides what those positi
 ``"loop"`` wraps around (``i % num_frames``, mmaction's default ``out_of_bound_opt='loop'``) and
 ``"repeat_last"`` repeats the last frame.
 
+Segments of untrimmed videos
+----------------------------
+A record with a ``segment`` (seconds; ActivityNet) is sampled inside it only:
+:func:`segment_frame_range` turns the segment into the frames ``[first, stop)`` whose timestamps
+``i / fps`` fall inside it (clamped to the video), and ``sampler(n, rng, window=(first, stop))``
+samples ``stop - first`` frames as if they were the whole video, then offsets them by ``first``
+(the short-video policies wrap inside the segment too).
+
 Test mode is deterministic. The official X-CLIP family draws its multi-view "test" clips as
 independent random *training* samples (xclip.md §5); ``compat_random_test_clips=True`` reproduces
 that, and then needs an rng.
@@ -156,6 +164,31 @@ def sparse_from_dense(dense: np.ndarray, alpha: int):
     return dense[..., ::alpha, :, :, :]
 
 
+def segment_frame_range(start_s: float, end_s: float, fps: float, num_frames: int) -> tuple[int, int]:
+    """Frames ``[first, stop)`` of a ``num_frames``-frame video at ``fps`` whose timestamps ``i / fps``
+    lie in ``[start_s, end_s)``, clamped to the video. A segment holding no frame timestamp (shorter
+    than a frame interval) gets the one frame shown at its middle. Raises ``ValueError`` when the
+    segment is empty (``end_s <= start_s``) or lies outside ``[0, num_frames / fps)``."""
+    n = int(num_frames)
+    if n < 1:
+        raise ValueError(f"cannot sample from a video with {num_frames} frames")
+    if not (fps > 0 and np.isfinite(fps)):
+        raise ValueError(f"frame rate must be positive, got {fps}")
+    if not end_s > start_s:
+        raise ValueError(f"segment [{start_s:g}, {end_s:g}] s is empty (end <= start)")
+    eps = 1e-6  # float seconds × fps landing a hair above an integer frame
+    if start_s >= n / fps - eps or end_s <= 0:
+        raise ValueError(
+            f"segment [{start_s:g}, {end_s:g}] s lies outside the video ({n} frames, {n / fps:.2f} s at {fps:g} fps)"
+        )
+    first = max(int(np.ceil(start_s * fps - eps)), 0)
+    stop = min(int(np.ceil(end_s * fps - eps)), n)
+    if stop <= first:  # no frame timestamp inside (shorter than a frame interval): the frame shown at its middle
+        first = min(max(int(np.floor((start_s + end_s) / 2 * fps)), 0), n - 1)
+        stop = first + 1
+    return first, stop
+
+
 @dataclass(frozen=True)
 class FrameSampler:
     """A configured sampler: ``sampler(num_frames, rng) -> int64 [num_clips, clip_len]``.
@@ -197,7 +230,17 @@ class FrameSampler:
         """Stride of the sparse clip inside a returned clip (``alpha`` for dense_sparse, else 1)."""
         return self.alpha if self.mode == "dense_sparse" else 1
 
-    def __call__(self, num_frames: int, rng: np.random.Generator | None = None) -> np.ndarray:
+    def __call__(
+        self, num_frames: int, rng: np.random.Generator | None = None, *, window: tuple[int, int] | None = None
+    ) -> np.ndarray:
+        """Indices into a ``num_frames``-frame video; with ``window=(first, stop)`` (e.g. from
+        :func:`segment_frame_range`) only frames ``first <= i < stop`` are drawn: the window is
+        sampled as a video of ``stop - first`` frames and offset by ``first``."""
+        if window is not None:
+            first, stop = int(window[0]), int(window[1])
+            if not 0 <= first < stop <= int(num_frames):
+                raise ValueError(f"frame window [{first}, {stop}) is not inside a video of {num_frames} frames")
+            return first + self(stop - first, rng)
         test = self.test_mode and not self.compat_random_test_clips
         kw = dict(test_mode=test, num_clips=self.num_clips, rng=None if test else rng)
         if self.mode == "segment":

@@ -9,8 +9,10 @@ scale; :class:`Normalize` (last) maps to ``(x - mean) / std`` with 0-255 constan
 
 Every random transform draws its parameters **once per clip** from the ``numpy.random.Generator``
 passed to it (``transform(clip, rng)``) and applies them to every frame, with batched tensor ops
-(no per-frame PIL loop). This fixes the official X-CLIP ColorJitter, which draws new factors per
-frame (xclip.md §5). Without an rng a fresh unseeded generator is used.
+(no per-frame PIL loop). The official X-CLIP pipeline applies torchvision's ColorJitter to each
+frame, which draws new factors per frame (xclip.md §5): :class:`ColorJitter` does that with
+``per_frame=True`` (``data.aug.color_jitter_per_frame``); by default it draws once per clip.
+Without an rng a fresh unseeded generator is used.
 
 Transforms producing several spatial views (:class:`ThreeCrop`) return ``[V, T, C, H, W]``; the
 transforms after them (:class:`Normalize`) work on any leading dimensions.
@@ -364,15 +366,19 @@ def adjust_hue(clip, shift: float, bound: float = 255.0):
 
 
 class ColorJitter:
-    """With probability ``p``, torchvision-style colour jitter — brightness, contrast, saturation
-    factors from ``[1 - x, 1 + x]``, hue shift from ``[-hue, hue]``, applied in a random order — with
-    **one draw per clip** (the same factors and order for every frame)."""
+    """With probability ``p`` (decided once per clip), torchvision-style colour jitter — brightness,
+    contrast, saturation factors from ``[1 - x, 1 + x]``, hue shift from ``[-hue, hue]``, applied in
+    a random order — with **one draw per clip** (the same factors and order for every frame), or
+    with ``per_frame=True`` a new draw (factors and order) for every frame, as the official X-CLIP
+    code's torchvision ColorJitter applied frame by frame."""
 
-    def __init__(self, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, p: float = 0.8):
+    def __init__(self, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, p: float = 0.8,
+                 per_frame: bool = False):
         if not 0 <= hue <= 0.5:
             raise ConfigError(f"hue jitter must be in [0, 0.5], got {hue}")
         self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
         self.p = float(p)
+        self.per_frame = bool(per_frame)
 
     def get_params(self, rng):
         """[(op_name, factor)] in application order (ops with zero strength left out)."""
@@ -388,6 +394,24 @@ class ColorJitter:
                 ops.append(("hue", rng.uniform(-self.hue, self.hue)))
         return ops
 
+    def get_clip_params(self, rng, num_frames: int):
+        """The draw for a clip of ``num_frames`` frames: ``None`` (no jitter, probability
+        ``1 - p``) or one :meth:`get_params` list per frame — the same list for every frame, or one
+        draw per frame with ``per_frame``."""
+        if rng.random() >= self.p:
+            return None
+        if self.per_frame:
+            return [self.get_params(rng) for _ in range(num_frames)]
+        return [self.get_params(rng)] * num_frames
+
+    @classmethod
+    def apply(cls, clip, ops):
+        """``clip`` jittered by ``ops`` (a :meth:`get_params` list), the same for all its frames."""
+        clip = _float(clip)
+        for name, factor in ops:
+            clip = cls._FNS[name](clip, float(factor))
+        return clip
+
     _FNS = {
         "brightness": adjust_brightness,
         "contrast": adjust_contrast,
@@ -396,18 +420,20 @@ class ColorJitter:
     }
 
     def __call__(self, clip, rng=None):
-        rng = _rng(rng)
+        """``clip`` ``[T, C, H, W]`` (or one frame ``[C, H, W]``) jittered."""
         clip = _float(clip)
-        if rng.random() >= self.p:
+        frames = clip.shape[0] if clip.ndim >= 4 else 1
+        params = self.get_clip_params(_rng(rng), frames)
+        if params is None:
             return clip
-        for name, factor in self.get_params(rng):
-            clip = self._FNS[name](clip, float(factor))
-        return clip
+        if not self.per_frame or clip.ndim < 4:
+            return self.apply(clip, params[0])
+        return torch.stack([self.apply(clip[t], ops) for t, ops in enumerate(params)])
 
     def __repr__(self):
         return (
             f"ColorJitter(brightness={self.brightness}, contrast={self.contrast}, "
-            f"saturation={self.saturation}, hue={self.hue}, p={self.p})"
+            f"saturation={self.saturation}, hue={self.hue}, p={self.p}, per_frame={self.per_frame})"
         )
 
 
@@ -460,11 +486,14 @@ def one_hot_smooth(labels: torch.Tensor, num_classes: int, smoothing: float = 0.
 class MixupCutmix:
     """Batch-level Mixup / CutMix with label smoothing producing soft targets (timm's batch mode).
 
-    With probability ``prob`` the batch is mixed with itself reversed (``x.flip(0)``): CutMix with
+    With probability ``prob`` the batch is mixed with a partner batch ``x[perm]``: CutMix with
     probability ``switch_prob`` (λ ~ Beta(cutmix_alpha, cutmix_alpha), a box of area ≈ (1 - λ)
     pasted at the same place in every frame, λ corrected to the exact box area) else Mixup
-    (λ ~ Beta(mixup_alpha, mixup_alpha)). Targets ``λ y + (1 - λ) y.flip(0)`` from smoothed one-hots.
-    Video ``x`` is ``[B, ..., C, H, W]``. Defaults are X-CLIP's (0.8 / 1.0 / 0.5, smoothing 0.1).
+    (λ ~ Beta(mixup_alpha, mixup_alpha)). Targets ``λ y + (1 - λ) y[perm]`` from smoothed one-hots.
+    ``partner="permutation"``: ``perm`` is a random permutation of the batch drawn from the rng
+    (the official X-CLIP code's ``randperm``; a sample may be its own partner);
+    ``"reversed"``: ``perm = [B-1, …, 0]``. Video ``x`` is ``[B, ..., C, H, W]``. Defaults are
+    X-CLIP's (0.8 / 1.0 / 0.5, smoothing 0.1, permutation).
     """
 
     def __init__(
@@ -475,11 +504,15 @@ class MixupCutmix:
         switch_prob: float = 0.5,
         prob: float = 1.0,
         label_smoothing: float = 0.1,
+        partner: str = "permutation",
     ):
+        if partner not in ("permutation", "reversed"):
+            raise ConfigError(f"Mixup/CutMix partner must be 'permutation' or 'reversed', got {partner!r}")
         self.num_classes = int(num_classes)
         self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha), float(cutmix_alpha)
         self.switch_prob, self.prob = float(switch_prob), float(prob)
         self.label_smoothing = float(label_smoothing)
+        self.partner = partner
 
     def _draw(self, rng) -> tuple[str, float]:
         if rng.random() >= self.prob or (self.mixup_alpha <= 0 and self.cutmix_alpha <= 0):
@@ -499,6 +532,12 @@ class MixupCutmix:
         x0, x1 = np.clip(cx - cw // 2, 0, width), np.clip(cx + cw // 2, 0, width)
         return int(y0), int(y1), int(x0), int(x1)
 
+    def partner_index(self, batch_size: int, rng) -> torch.Tensor:
+        """``perm`` (int64 [B]): sample ``i`` is mixed with sample ``perm[i]``."""
+        if self.partner == "reversed":
+            return torch.arange(batch_size - 1, -1, -1)
+        return torch.from_numpy(rng.permutation(batch_size)).long()
+
     def __call__(self, x: torch.Tensor, labels: torch.Tensor, rng=None):
         """``(x, labels int [B])`` → ``(mixed x, soft targets float [B, num_classes])``."""
         rng = _rng(rng)
@@ -506,22 +545,24 @@ class MixupCutmix:
         kind, lam = self._draw(rng)
         if kind == "none":
             return x, y
+        perm = self.partner_index(x.shape[0], rng)
         x = x if x.is_floating_point() else x.float()
+        other = x[perm.to(x.device)]
         if kind == "mixup":
-            x = x.mul(lam).add_(x.flip(0), alpha=1.0 - lam)
+            x = x.mul(lam).add_(other, alpha=1.0 - lam)
         else:
             H, W = x.shape[-2:]
             y0, y1, x0, x1 = self.cutmix_box(H, W, lam, rng)
             x = x.clone()
-            x[..., y0:y1, x0:x1] = x.flip(0)[..., y0:y1, x0:x1]
+            x[..., y0:y1, x0:x1] = other[..., y0:y1, x0:x1]
             lam = 1.0 - (y1 - y0) * (x1 - x0) / float(H * W)
-        return x, lam * y + (1.0 - lam) * y.flip(0)
+        return x, lam * y + (1.0 - lam) * y[perm.to(y.device)]
 
     def __repr__(self):
         return (
             f"MixupCutmix(num_classes={self.num_classes}, mixup_alpha={self.mixup_alpha}, "
             f"cutmix_alpha={self.cutmix_alpha}, switch_prob={self.switch_prob}, prob={self.prob}, "
-            f"label_smoothing={self.label_smoothing})"
+            f"label_smoothing={self.label_smoothing}, partner={self.partner!r})"
         )
 
 
@@ -540,6 +581,7 @@ class TransformConfig:
     flip: float = 0.5
     color_jitter: float = 0.8  # probability
     jitter: tuple = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
+    jitter_per_frame: bool = False  # new jitter draw per frame (the official X-CLIP pipeline)
     grayscale: float = 0.2
     norm: str = "imagenet"  # "imagenet" | "clip"
     num_crops: int = 1  # test: 1 (centre) or 3 (ThreeCrop)
@@ -589,7 +631,7 @@ def build_train_transform(cfg=None, **overrides) -> Compose:
     if c.flip > 0:
         steps.append(RandomHorizontalFlip(c.flip))
     if c.color_jitter > 0:
-        steps.append(ColorJitter(*c.jitter, p=c.color_jitter))
+        steps.append(ColorJitter(*c.jitter, p=c.color_jitter, per_frame=c.jitter_per_frame))
     if c.grayscale > 0:
         steps.append(RandomGrayscale(c.grayscale))
     steps.append(Normalize(c.norm))
@@ -613,7 +655,8 @@ def build_test_transform(cfg=None, **overrides) -> Compose:
 
 def build_mixup(cfg, num_classes: int) -> MixupCutmix | None:
     """Mixup/CutMix from a mapping/object with ``mixup``, ``cutmix``, ``switch_prob``,
-    ``label_smoothing`` (X-CLIP defaults .8/1./.5/.1); ``None`` when both alphas are 0."""
+    ``label_smoothing``, ``partner`` (X-CLIP defaults .8/1./.5/.1/"permutation"); ``None`` when
+    both alphas are 0."""
     def get(name, default):
         if cfg is None:
             return default
@@ -625,5 +668,5 @@ def build_mixup(cfg, num_classes: int) -> MixupCutmix | None:
         return None
     return MixupCutmix(
         num_classes, mix, cut, float(get("switch_prob", 0.5)), float(get("prob", 1.0)),
-        float(get("label_smoothing", 0.1)),
+        float(get("label_smoothing", 0.1)), str(get("partner", "permutation")),
     )

@@ -15,7 +15,15 @@ renamed aside (``.old-<tag>-<id>``), the new one renamed into place, the old one
 any point leaves either the previous complete checkpoint or the new complete one — never a partial
 one under a final name. In the instant between the two renames only ``.old-<tag>-<id>`` exists;
 :meth:`CheckpointManager.latest` falls back to it. Temporary directories are never loaded and are
-removed by the next save.
+removed by the next save. A save that fails (a full disk, a quota, an I/O error) raises
+:class:`~vclip.errors.CheckpointError` saying which previous checkpoint is kept; weights holding
+NaN or ±inf are never saved (CheckpointError naming the tensor, :func:`nonfinite_report`).
+
+Inference (``vclip eval`` / ``predict``) reads only the weights and ``meta.json``
+(:func:`load_model_checkpoint`); an inference-only checkpoint (``vclip export``,
+:func:`write_inference_checkpoint`) has no ``train_state.pt`` (its ``meta.json`` lists none) and
+cannot be resumed. :func:`load_model_state` loads weights strictly, a mismatch naming the missing,
+unexpected and mis-shaped tensors.
 
 Tags: ``last`` is replaced by every save; ``best`` is written as well when ``save(..., is_best=True)``
 (:meth:`CheckpointManager.is_better` compares a metric with the one stored in ``best``). Only the
@@ -24,6 +32,7 @@ main process should save.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -41,11 +50,12 @@ import numpy as np
 import torch
 
 from vclip.errors import CheckpointError
-from vclip.io import fsync_dir, fsync_file
+from vclip.io import fsync_dir, fsync_file, set_default_mode
 
 __all__ = [
     "CheckpointManager", "load_checkpoint", "save_checkpoint", "write_checkpoint_files",
-    "capture_rng_state", "restore_rng_state",
+    "capture_rng_state", "restore_rng_state", "nonfinite_report", "read_checkpoint_meta",
+    "load_model_checkpoint", "load_model_state", "state_mismatch", "write_inference_checkpoint",
     "MODEL_FILE", "TRAIN_STATE_FILE", "META_FILE", "FORMAT",
 ]
 
@@ -168,11 +178,38 @@ def _plain_model_state(model_state: Mapping[str, torch.Tensor]) -> dict[str, tor
     return out
 
 
+def nonfinite_report(tensors: Mapping[str, torch.Tensor] | Any, limit: int = 3) -> str | None:
+    """None when every floating-point tensor of ``tensors`` (a state dict, or ``(name, tensor)``
+    pairs such as ``named_parameters()``) is finite; else a short description naming the tensors
+    that hold NaN or ±inf, e.g. ``'visual.proj' (3 NaN, 0 inf of 1024 values)``. One device sync in
+    the common (all finite) case."""
+    items = list(tensors.items()) if isinstance(tensors, Mapping) else list(tensors)
+    floats = [(k, v.detach()) for k, v in items
+              if isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex()) and v.numel()]
+    if not floats:
+        return None
+    ok = [torch.isfinite(v).all() for _, v in floats]
+    if bool(torch.stack([o.to(ok[0].device) for o in ok]).all()):
+        return None
+    bad = [(k, v) for (k, v), o in zip(floats, ok) if not bool(o)]
+    parts = []
+    for k, v in bad[:limit]:
+        nan = int(torch.isnan(v).sum())
+        parts.append(f"{k!r} ({nan} NaN, {int((~torch.isfinite(v)).sum()) - nan} inf of {v.numel()} values)")
+    more = f", and {len(bad) - limit} more tensor(s)" if len(bad) > limit else ""
+    return ", ".join(parts) + more
+
+
 def _checked_contents(model_state: Mapping[str, torch.Tensor], train_state: Mapping[str, Any],
-                      meta: Mapping[str, Any]) -> tuple[dict, dict, dict]:
+                      meta: Mapping[str, Any], where: str = "checkpoint") -> tuple[dict, dict, dict]:
     """Validate and normalise what a checkpoint stores: plain CPU weights, a weights-only-loadable
     train state, JSON-serialisable meta (``time`` added when absent). Raises TypeError naming the
-    offending entry."""
+    offending entry, and :class:`CheckpointError` (naming the tensor) for weights holding NaN or
+    ±inf: a checkpoint never stores a diverged model."""
+    bad = nonfinite_report(model_state)
+    if bad is not None:
+        raise CheckpointError(f"refusing to save {where}: non-finite model weights in {bad} "
+                              "(the training diverged; lower train.lr or set train.clip_grad)")
     train_state = dict(train_state)
     _check_plain(train_state, "train_state")
     meta = dict(meta)
@@ -197,6 +234,7 @@ def write_checkpoint_files(directory: str | os.PathLike, *, tag: str, model_stat
 
     d = Path(directory)
     save_file(dict(model_state), str(d / MODEL_FILE), metadata={"format": "pt"})
+    set_default_mode(d / MODEL_FILE)  # safetensors creates it 0o600; a checkpoint is shared like any output
     fsync_file(d / MODEL_FILE)
     with open(d / TRAIN_STATE_FILE, "wb") as f:
         torch.save(dict(train_state), f)
@@ -219,7 +257,7 @@ def save_checkpoint(directory: str | os.PathLike, model_state: Mapping[str, torc
     empty. Raises TypeError for contents a checkpoint cannot hold (as :meth:`CheckpointManager.save`).
     Returns ``directory`` as a Path."""
     out = Path(directory)
-    model_state, train_state, meta = _checked_contents(model_state, train_state or {}, meta or {})
+    model_state, train_state, meta = _checked_contents(model_state, train_state or {}, meta or {}, where=str(out))
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CheckpointError(f"{out}: exists and is not an empty folder; choose a new output path")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -235,6 +273,47 @@ def save_checkpoint(directory: str | os.PathLike, model_state: Mapping[str, torc
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     fsync_dir(out.parent)
+    return out
+
+
+def write_inference_checkpoint(directory: str | os.PathLike, *, model_file: str | os.PathLike,
+                               texts: Mapping[str, str], meta: Mapping[str, Any]) -> Path:
+    """Write the inference-only checkpoint folder ``directory`` (``vclip export``) atomically: a
+    copy of the weights file ``model_file``, the text files ``texts`` (name → content, e.g. the
+    run's ``config.yaml``) and ``meta.json`` **last** — listing the weights' size and SHA-256 and no
+    ``train_state.pt`` — in a hidden temporary sibling folder renamed to ``directory`` once
+    complete. Refuses (:class:`CheckpointError`) a ``directory`` that exists and is not an empty
+    folder; a failed write (disk full, permissions) is a CheckpointError and leaves nothing behind."""
+    out = Path(directory)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CheckpointError(f"{out}: exists and is not an empty folder; choose a new output path")
+    tmp = out.with_name(f"{_TMP_PREFIX}{out.name}-{uuid.uuid4().hex[:12]}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+        shutil.copyfile(model_file, tmp / MODEL_FILE)
+        set_default_mode(tmp / MODEL_FILE)
+        fsync_file(tmp / MODEL_FILE)
+        for name, text in texts.items():
+            with open(tmp / name, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+        meta = {**meta, "format": FORMAT, "tag": out.name, "files": {MODEL_FILE: _digest(tmp / MODEL_FILE)}}
+        meta.setdefault("time", time.time())
+        _write_json(tmp / META_FILE, meta)  # LAST
+        fsync_dir(tmp)
+        if out.exists():
+            out.rmdir()  # empty (checked above); Windows cannot rename onto a folder
+        os.replace(tmp, out)
+        fsync_dir(out.parent)
+    except OSError as e:
+        why = "no space left on device (disk full)" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        raise CheckpointError(f"{out}: cannot write the checkpoint: {why}"
+                              f"{f' ({e.filename})' if e.filename else ''}") from e
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -268,12 +347,13 @@ class CheckpointManager:
         when absent."""
         if not _TAG_RE.match(tag):
             raise ValueError(f"checkpoint tag {tag!r}: use letters, digits, '_', '-', '.', not starting with '.'")
-        model_state, train_state, meta = _checked_contents(model_state, train_state, meta)
-
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._remove_stale_temps()
+        model_state, train_state, meta = _checked_contents(model_state, train_state, meta,
+                                                           where=f"checkpoint {tag!r} in {self.dir}")
         tmp_dirs: list[Path] = []
+        swapped: list[str] = []
         try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._remove_stale_temps()
             tmp = self._new_temp(tag)
             tmp_dirs.append(tmp)
             write_checkpoint_files(tmp, tag=tag, model_state=model_state, train_state=train_state, meta=meta)
@@ -283,13 +363,31 @@ class CheckpointManager:
                 tmp_dirs.append(best_tmp)
                 self._link_copy(tmp, best_tmp, tag="best")
             self._swap_in(tmp, self.path(tag))
+            swapped.append(tag)
             if best_tmp is not None:
                 self._swap_in(best_tmp, self.path("best"))
+        except OSError as e:  # disk full, quota, permissions, I/O error: the previous versions stay
+            raise CheckpointError(self._save_failed(tag, e, swapped)) from e
         finally:
             for d in tmp_dirs:
                 if d.exists():
                     shutil.rmtree(d, ignore_errors=True)
         return self.path(tag)
+
+    def _save_failed(self, tag: str, e: OSError, swapped: list[str]) -> str:
+        why = e.strerror or str(e) or type(e).__name__
+        if e.errno == errno.ENOSPC:
+            why = "no space left on device (disk full)"
+        elif e.errno == errno.EDQUOT:
+            why = "disk quota exceeded"
+        if swapped:  # the new `tag` is in place; only `best` could not be updated
+            kept = f"the new {tag!r} was saved, the previous 'best' is kept"
+        elif self.find(tag) is not None:
+            kept = f"the previous {tag!r} checkpoint is kept unchanged"
+        else:
+            kept = "no checkpoint was written"
+        where = f" ({e.filename})" if e.filename else ""
+        return f"saving checkpoint {tag!r} in {self.dir} failed: {why}{where}; {kept}"
 
     def _new_temp(self, tag: str) -> Path:
         d = self.dir / f"{_TMP_PREFIX}{tag}-{uuid.uuid4().hex[:12]}"
@@ -387,7 +485,12 @@ class CheckpointManager:
             path = self.latest()
             if path is None:
                 raise CheckpointError(f"{self.dir}: no complete checkpoint to resume from")
-        return load_checkpoint(path, map_location=map_location, verify=verify)
+        model_state, train_state, meta = load_checkpoint(path, map_location=map_location, verify=verify)
+        if not train_state:
+            raise CheckpointError(
+                f"{path}: holds no training state (optimizer, schedule, RNG): an inference-only or merged "
+                f"checkpoint cannot be resumed; start a new run from its weights with model.init_checkpoint={path}")
+        return model_state, train_state, meta
 
 
 def _read_meta(d: Path) -> dict[str, Any]:
@@ -406,37 +509,72 @@ def _read_meta(d: Path) -> dict[str, Any]:
     return meta
 
 
-def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu", verify: bool = True):
-    """Read a checkpoint directory (or any file inside it): ``(model_state, train_state, meta)``.
-    With ``verify`` each file's size and SHA-256 are checked against ``meta.json`` first, so a
-    truncated or corrupted file is reported by name. Raises :class:`CheckpointError`."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``meta.json`` of the checkpoint directory ``path`` (or of the one holding the file
+    ``path``), without reading the weights. Raises :class:`CheckpointError`."""
     d = Path(path)
     if d.is_file():
         d = d.parent
     if not d.exists():
         raise CheckpointError(f"{d}: checkpoint not found")
-    meta = _read_meta(d)
+    return _read_meta(d)
+
+
+def _checkpoint_dir(path: str | os.PathLike) -> Path:
+    d = Path(path)
+    if d.is_file():
+        d = d.parent
+    if not d.exists():
+        raise CheckpointError(f"{d}: checkpoint not found (the path does not exist)")
+    return d
+
+
+def _listed_files(d: Path, meta: Mapping[str, Any]) -> dict[str, Any]:
     files = meta.get("files")
-    if not isinstance(files, dict):
+    if not isinstance(files, dict) or MODEL_FILE not in files:
         raise CheckpointError(f"{d / META_FILE}: the \"files\" entry is missing or malformed")
-    for name in (MODEL_FILE, TRAIN_STATE_FILE):
-        f = d / name
-        if not f.is_file():
-            raise CheckpointError(f"{f}: missing from the checkpoint")
-        expect = files.get(name) or {}
-        size = f.stat().st_size
-        if "bytes" in expect and size != expect["bytes"]:
-            what = "truncated" if size < expect["bytes"] else "has extra bytes"
-            raise CheckpointError(f"{f}: {what} ({size} bytes, {META_FILE} says {expect['bytes']})")
-        if verify and "sha256" in expect and _digest(f)["sha256"] != expect["sha256"]:
-            raise CheckpointError(f"{f}: corrupted (SHA-256 differs from the one in {META_FILE})")
+    return files
+
+
+def _check_file(d: Path, name: str, files: Mapping[str, Any], verify: bool) -> None:
+    """``d / name`` exists and has the size (and, with ``verify``, the SHA-256) meta.json lists."""
+    f = d / name
+    if not f.is_file():
+        raise CheckpointError(f"{f}: missing from the checkpoint")
+    expect = files.get(name) or {}
+    size = f.stat().st_size
+    if "bytes" in expect and size != expect["bytes"]:
+        what = "truncated" if size < expect["bytes"] else "has extra bytes"
+        raise CheckpointError(f"{f}: {what} ({size} bytes, {META_FILE} says {expect['bytes']})")
+    if verify and "sha256" in expect and _digest(f)["sha256"] != expect["sha256"]:
+        raise CheckpointError(f"{f}: corrupted (SHA-256 differs from the one in {META_FILE})")
+
+
+def _read_weights(d: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
-        model_state = load_file(str(d / MODEL_FILE), device="cpu")
+        return load_file(str(d / MODEL_FILE), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{d / MODEL_FILE}: cannot read the weights ({e})") from None
+
+
+def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu", verify: bool = True):
+    """Read a checkpoint directory (or any file inside it): ``(model_state, train_state, meta)``.
+    With ``verify`` each file's size and SHA-256 are checked against ``meta.json`` first, so a
+    truncated or corrupted file is reported by name. An inference-only checkpoint (``vclip
+    export``: its ``meta.json`` lists no ``train_state.pt``) gives ``{}`` as train state. Raises
+    :class:`CheckpointError`."""
+    d = _checkpoint_dir(path)
+    meta = _read_meta(d)
+    files = _listed_files(d, meta)
+    with_train_state = TRAIN_STATE_FILE in files
+    for name in (MODEL_FILE, TRAIN_STATE_FILE) if with_train_state else (MODEL_FILE,):
+        _check_file(d, name, files, verify)
+    model_state = _read_weights(d)
+    if not with_train_state:
+        return model_state, {}, meta
     try:
         train_state = torch.load(d / TRAIN_STATE_FILE, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, bad pickle, disallowed global, ...
@@ -445,3 +583,57 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu", verif
     if not isinstance(train_state, dict):
         raise CheckpointError(f"{d / TRAIN_STATE_FILE}: expected a dict, found {type(train_state).__name__}")
     return model_state, train_state, meta
+
+
+def load_model_checkpoint(path: str | os.PathLike, *, verify: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
+    """``(model_state, meta)`` of a checkpoint directory (or a file inside it): what inference
+    (``vclip eval`` / ``predict`` / ``export``) needs. ``train_state.pt`` is neither read nor
+    required (a training checkpoint without it, or an inference-only export, loads); the weights
+    are checked against ``meta.json`` as in :func:`load_checkpoint`. Raises :class:`CheckpointError`."""
+    d = _checkpoint_dir(path)
+    meta = _read_meta(d)
+    _check_file(d, MODEL_FILE, _listed_files(d, meta), verify)
+    return _read_weights(d), meta
+
+
+def _few(names: list[str], n: int = 5) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def state_mismatch(module: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
+    """What keeps ``state`` from loading strictly into ``module``: one line per kind of problem
+    (keys the module has and ``state`` lacks, keys ``state`` has and the module lacks, tensors of
+    another shape), each with its count and at most five names; ``[]`` when it fits."""
+    from vclip.backbone.weights import state_differences
+
+    own = module.state_dict()
+    missing, unexpected, shaped = state_differences(own, state)
+    shaped = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shaped]
+    lines = []
+    if missing:
+        lines.append(f"{len(missing)} tensor(s) of the model missing from the checkpoint: {_few(missing)}")
+    if unexpected:
+        lines.append(f"{len(unexpected)} tensor(s) of the checkpoint not in the model: {_few(unexpected)}")
+    if shaped:
+        lines.append(f"{len(shaped)} tensor(s) of another shape (checkpoint vs model): {_few(shaped)}")
+    return lines
+
+
+def load_model_state(module: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str | os.PathLike,
+                     *, context: str = "") -> None:
+    """``module.load_state_dict(state, strict=True)`` whose failure is a :class:`CheckpointError`
+    of a few lines: ``source`` and ``context`` (e.g. how its config differs) on the first, then
+    the missing, unexpected and mis-shaped tensors (:func:`state_mismatch`). Clears a method's
+    cached class features."""
+    problems = state_mismatch(module, state)
+    if problems:
+        head = f"{source}: the checkpoint's weights do not fit the model{context}"
+        raise CheckpointError("\n  ".join([head, *problems]))
+    try:
+        module.load_state_dict(dict(state), strict=True)
+    except RuntimeError as e:  # e.g. a tensor that cannot be copied into its parameter
+        msg = " ".join(str(e).split())
+        raise CheckpointError(f"{source}: cannot load the weights{context} ({msg[:300]})") from None
+    clear = getattr(module, "clear_cache", None)
+    if callable(clear):
+        clear()

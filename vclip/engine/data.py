@@ -32,13 +32,15 @@ def _sampler_mode(cfg: RunConfig) -> str:
 
 def train_dataset(cfg: RunConfig, names: list[str]) -> VideoDataset:
     d = cfg.data
-    records = load_annotations(_path(d.train_list, "data.train_list"), num_classes=len(names))
+    records = load_annotations(_path(d.train_list, "data.train_list"), class_names=names, subset=d.train_subset,
+                               root=d.root)
     sampler = build_sampler(mode=_sampler_mode(cfg), num_frames=d.num_frames, interval=d.frame_interval,
                             short_policy=d.short_video, test_mode=False)
     a = d.aug
     transform = build_train_transform(
         input_size=d.image_size, crop=a.crop,
-        flip=a.flip, color_jitter=a.color_jitter, grayscale=a.grayscale, norm=d.normalize)
+        flip=a.flip, color_jitter=a.color_jitter, jitter_per_frame=a.color_jitter_per_frame,
+        grayscale=a.grayscale, norm=d.normalize)
     return VideoDataset(records, d.root, names, sampler=sampler, transform=transform, backend=d.backend,
                         on_bad_video=d.on_bad_video, train=True, seed=cfg.train.seed)
 
@@ -47,7 +49,7 @@ def eval_dataset(cfg: RunConfig, names: list[str], annotation: str | None = None
     """Evaluation set: deterministic views; a video that fails to decode is reported, never dropped."""
     d, e = cfg.data, cfg.eval
     path = annotation or d.val_list
-    records = load_annotations(_path(path, "data.val_list"), num_classes=len(names))
+    records = load_annotations(_path(path, "data.val_list"), class_names=names, subset=d.val_subset, root=d.root)
     sampler = build_sampler(mode=_sampler_mode(cfg), num_frames=d.num_frames, interval=d.frame_interval,
                             short_policy=d.short_video, num_clips=e.num_clips, test_mode=True,
                             compat_random_test_clips=e.compat_random_test_clips)
@@ -70,4 +72,4 @@ def eval_loader(cfg: RunConfig, dataset: VideoDataset, rank: int, world_size: in
 def mixup(cfg: RunConfig, num_classes: int):
     a = cfg.data.aug
     return build_mixup({"mixup": a.mixup, "cutmix": a.cutmix, "switch_prob": a.mix_switch_prob,
-                        "label_smoothing": a.label_smoothing}, num_classes)
+                        "label_smoothing": a.label_smoothing, "partner": a.mix_partner}, num_classes)

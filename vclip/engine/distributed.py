@@ -22,7 +22,7 @@ from vclip.errors import ConfigError
 
 __all__ = [
     "DistInfo", "init_distributed", "is_dist", "is_main", "barrier", "world_size", "rank",
-    "local_rank", "all_gather_object", "all_reduce_sum", "cleanup",
+    "local_rank", "all_gather_object", "all_reduce_sum", "all_gather_with_grad", "cleanup",
 ]
 
 log = logging.getLogger(__name__)
@@ -164,6 +164,59 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     else:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """Concatenation over ranks along dim 0; backward: the gathered gradient summed over ranks
+    (all-reduce), this rank's rows returned."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        world, me = dist.get_world_size(), dist.get_rank()
+        comm = x.detach().contiguous()
+        if _nccl() and not comm.is_cuda:
+            comm = comm.to(torch.device("cuda", torch.cuda.current_device()))
+        size = torch.tensor([comm.shape[0]], dtype=torch.long, device=comm.device)
+        sizes_t = [torch.zeros_like(size) for _ in range(world)]
+        dist.all_gather(sizes_t, size)
+        sizes = [int(s.item()) for s in sizes_t]
+        longest = max(sizes)
+        if comm.shape[0] < longest:  # all_gather needs equal shapes: pad, gather, cut
+            comm = torch.cat([comm, comm.new_zeros((longest - comm.shape[0], *comm.shape[1:]))])
+        parts = [torch.empty_like(comm) for _ in range(world)]
+        dist.all_gather(parts, comm)
+        ctx.sizes, ctx.rank = sizes, me
+        return torch.cat([part[:n] for part, n in zip(parts, sizes)]).to(x.device)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        g = all_reduce_sum(grad.contiguous().clone())
+        start = sum(ctx.sizes[:ctx.rank])
+        return g[start:start + ctx.sizes[ctx.rank]]
+
+
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """``x`` of every rank concatenated along dim 0 in rank order, differentiable (``x`` itself in a
+    single process). Ranks may hold different numbers of rows.
+
+    Backward sums the gradient of the gathered tensor over ranks (all-reduce) and returns this
+    rank's rows: the gradient of the sum of every rank's loss with respect to this rank's rows. When
+    every rank computes the same loss from the
+    gathered tensor (a contrastive loss over the global batch), that is ``world_size`` × the local
+    slice, so DDP's gradient *averaging* gives exactly the gradient of that loss on one process
+    holding the global batch. (The official OST code returns the plain local slice: 1/world_size of
+    it after averaging; vclip does not, because parameters that reach the loss without the gather —
+    OST's text tower encoding the whole vocabulary on every rank — would then be scaled
+    differently.)"""
+    if not is_dist() or dist.get_world_size() == 1:
+        return x
+    return _gather_across_ranks(x)
+
+
+# outside torch.compile's graphs (a graph break); dynamo is imported on the first call only, as DDP does
+@torch._disable_dynamo
+def _gather_across_ranks(x: torch.Tensor) -> torch.Tensor:
+    return _AllGatherWithGrad.apply(x)
 
 
 def cleanup() -> None:

@@ -9,7 +9,6 @@ metrics are computed over the videos that decoded (``num_videos`` says how many)
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -20,12 +19,20 @@ from vclip.engine import data as run_data
 from vclip.engine.distributed import DistInfo, all_gather_object
 from vclip.engine.metrics import Accumulator, aggregate_views, save_confusion_png
 from vclip.engine.runtime import autocast_dtype, seed_everything
+from vclip.errors import CheckpointError, EvaluationError
 
 
 def evaluate_method(method, dataset, vocab, cfg, dist: DistInfo, logger=None,
                     subsets: Mapping[str, Sequence[int]] | None = None, return_scores: bool = False) -> dict:
     """Score ``dataset`` (built by ``vclip.engine.data.eval_dataset``) with ``method``.
-    ``return_scores`` adds ``scores`` [N, K], ``targets`` and ``indices`` (numpy) to the results."""
+    ``return_scores`` adds ``scores`` [N, K], ``targets`` and ``indices`` (numpy) to the results.
+    A model whose weights hold NaN or ±inf is refused (:class:`~vclip.errors.EvaluationError`
+    naming the tensor) instead of being scored."""
+    from vclip.engine.checkpoint import nonfinite_report
+
+    bad = nonfinite_report(method.state_dict())
+    if bad is not None:
+        raise EvaluationError(f"refusing to evaluate: the model has non-finite weights in {bad}")
     loader = run_data.eval_loader(cfg, dataset, dist.rank, dist.world_size)
     device = dist.device
     amp = autocast_dtype(cfg.train.precision, device)
@@ -85,12 +92,14 @@ def write_results(results: dict, path: str | os.PathLike, class_names: Sequence[
     return atomic_write_text(path, json.dumps(out, indent=2))
 
 
-def evaluate(cfg, checkpoint: str | None = None, annotation: str | None = None, dist: DistInfo | None = None,
+def evaluate(cfg, checkpoint=None, annotation: str | None = None, dist: DistInfo | None = None,
              subsets: Mapping[str, Sequence[int]] | None = None) -> dict:
-    """``vclip eval``: build the method (from ``model.pretrained`` and/or a training checkpoint) and
+    """``vclip eval``: build the method (from ``model.pretrained``, or holding the weights of the
+    checkpoint ``checkpoint`` — a path or an already opened
+    :class:`~vclip.engine.inference.InferenceCheckpoint`, see :mod:`vclip.engine.inference`) and
     score ``data.val_list`` (or ``annotation``). Writes ``results_eval.json`` into the run dir."""
-    from vclip.engine.checkpoint import load_checkpoint
     from vclip.engine.distributed import init_distributed
+    from vclip.engine.inference import InferenceCheckpoint, build_for_checkpoint, open_checkpoint
     from vclip.engine.logging import RunLogger
     from vclip.methods import build_method, check_config, make_vocabulary
 
@@ -98,18 +107,22 @@ def evaluate(cfg, checkpoint: str | None = None, annotation: str | None = None, 
     dist = dist or init_distributed(cfg.device)
     names = run_data.class_names(cfg)
     vocab = make_vocabulary(cfg, names)
-    model_state = load_checkpoint(checkpoint)[0] if checkpoint else None  # a bad path fails before the build
+    ck = None
+    if checkpoint is not None and checkpoint != "":  # a bad path fails before the build; train_state.pt unneeded
+        ck = checkpoint if isinstance(checkpoint, InferenceCheckpoint) else open_checkpoint(checkpoint)
+        checkpoint = ck.path
+    model_state = ck.state if ck is not None else None
+    if model_state is not None:
+        from vclip.engine.checkpoint import nonfinite_report
+
+        bad = nonfinite_report(model_state)
+        if bad is not None:
+            raise CheckpointError(f"{checkpoint}: refusing to evaluate a checkpoint with non-finite weights in "
+                                  f"{bad} (the training that wrote it diverged)")
     seed_everything(cfg.train.seed)  # the same weights on every process for what no file provides
-    methods_log = logging.getLogger("vclip.methods")
-    level = methods_log.level
-    if model_state is not None:
-        methods_log.setLevel(logging.ERROR)  # no "randomly initialised" warning: the checkpoint has every weight
-    try:
-        method = build_method(cfg)
-    finally:
-        methods_log.setLevel(level)
-    if model_state is not None:
-        method.load_state_dict(model_state)
+    # with a checkpoint: compared with its config, built without model.pretrained where possible,
+    # a strict load whose failure names the differing settings and tensors
+    method = build_for_checkpoint(cfg, ck) if ck is not None else build_method(cfg)
     method.to(dist.device)
     dataset = run_data.eval_dataset(cfg, names, annotation)
     with RunLogger(cfg.run_dir, rank=dist.rank) as logger:

@@ -42,6 +42,9 @@ class _TqdmHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+# one-time notices already given in this process
+_said: dict[str, bool] = {"tensorboard_missing": False}
+
 # what setup_logging changed, so teardown_logging can undo exactly that
 _state: dict[str, Any] = {"handlers": [], "propagate": None, "level": None}
 
@@ -119,7 +122,7 @@ class RunLogger:
     """Metrics of one run. ``log(step, loss=..., lr=...)`` writes a console line, a JSON line to
     ``run_dir/metrics.jsonl`` (flushed at once) and TensorBoard scalars — all on rank 0 only; other
     ranks do nothing. ``use_tensorboard``: ``"auto"`` (when importable; one info line otherwise),
-    True (required) or False."""
+    True (required) or False. The "not installed" line is INFO once per process, DEBUG after."""
 
     def __init__(self, run_dir: str | os.PathLike, *, rank: int = 0, use_tensorboard: bool | str = "auto"):
         if use_tensorboard not in (True, False, "auto"):
@@ -145,8 +148,11 @@ class RunLogger:
                     raise ConfigError(
                         "TensorBoard logging was requested but tensorboard is not installed "
                         "(pip install tensorboard, or set it to auto/false)") from None
-                log.info("TensorBoard not installed; metrics go to %s only (pip install tensorboard to add it)",
-                         self.run_dir / "metrics.jsonl")
+                # said once per process (a protocol run trains and evaluates many times), then DEBUG
+                level = logging.DEBUG if _said["tensorboard_missing"] else logging.INFO
+                _said["tensorboard_missing"] = True
+                log.log(level, "TensorBoard not installed; metrics go to %s only (pip install tensorboard to "
+                        "add it)", self.run_dir / "metrics.jsonl")
             else:
                 self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
 

@@ -107,8 +107,10 @@ def load_init_checkpoint(method: VideoMethod, path: str, method_name: str | None
     from vclip.engine.checkpoint import load_checkpoint
 
     state, _, meta = load_checkpoint(path)
+    from vclip.backbone.weights import state_differences
+
     own = method.state_dict()
-    mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
+    missing, unused, mismatched = state_differences(own, state)
     if mismatched:
         k = mismatched[0]
         raise ConfigError(f"model.init_checkpoint {path}: {k} has shape {tuple(state[k].shape)} there, "
@@ -117,8 +119,6 @@ def load_init_checkpoint(method: VideoMethod, path: str, method_name: str | None
     loaded = {k: v for k, v in state.items() if k in own}
     if not loaded:
         raise ConfigError(f"model.init_checkpoint {path}: none of its {len(state)} tensors belongs to this model")
-    missing = [k for k in own if k not in state]
-    unused = [k for k in state if k not in own]
     method.load_state_dict({**own, **loaded})
     method.clear_cache()
     src = meta.get("method")

@@ -20,7 +20,8 @@ and inherits the rest:
   ``text_side_modules``), so an optimizer step or a weight load invalidates it. When any text-side
   parameter trains, training re-encodes the vocabulary with gradients on every step.
 * Parameter groups (``parameter_groups``: name → parameter-name prefixes, each with an LR
-  multiplier) and no-weight-decay names, read by ``vclip.engine.optim``.
+  multiplier) and weight decay per parameter (``decays``: by default not biases, < 2-D tensors and
+  the ``no_weight_decay`` names), read by ``vclip.engine.optim``.
 * Freezing (``freeze``), loading (``from_pretrained``), and the vocabulary's per-class descriptors
   (``vocabulary_descriptors``) with working defaults, so a new method is one file.
 """
@@ -45,6 +46,13 @@ log = logging.getLogger(__name__)
 
 #: substrings of parameter names that never get weight decay (besides biases and < 2-D tensors)
 NO_DECAY_KEYWORDS = ("positional_embedding", "position_embedding", "class_embedding", "logit_scale")
+
+
+def default_decays(name: str, param: torch.Tensor, keywords: Sequence[str] = NO_DECAY_KEYWORDS) -> bool:
+    """The universal weight-decay rule: no decay for biases, tensors with fewer than two dimensions
+    (LayerNorm weights, scales) and names containing one of ``keywords``."""
+    no = param.ndim < 2 or name.endswith(".bias") or name == "bias" or any(k in name for k in keywords)
+    return not no
 
 
 @dataclass(frozen=True)
@@ -218,6 +226,11 @@ class VideoMethod(nn.Module):
             if name.startswith(tuple(prefixes)):
                 return group
         return "clip"
+
+    def decays(self, name: str, param: torch.Tensor) -> bool:
+        """Whether parameter ``name`` (without DDP/compile prefixes) gets weight decay; the optimizer
+        asks this. Default: :func:`default_decays` with the class's ``no_weight_decay`` names."""
+        return default_decays(name, param, self.no_weight_decay)
 
     def lr_mults(self, lr_mult_new: float = 10.0, overrides: Mapping[str, float] | None = None) -> dict[str, float]:
         """LR multiplier of every group: ``overrides`` (``train.lr_mults``), else the class's

@@ -11,9 +11,12 @@ per (video, class)::
     logits = scale · [½ (OT_t + pool_t) + ½ (OT_s + pool_s)]      fusion="official"
     logits = scale · ¼ (OT_t + pool_t + OT_s + pool_s)             fusion="paper" (Eq. 13)
 
-Loss: ActionCLIP's KL contrastive loss as in the official code (``loss="kl"``): over the batch's
-own labels, ``GT[i, j] = [y_i = y_j]`` softened as ``softmax(10·GT)``, KL(video→text) +
-KL(text→video); ``loss="ce"``: cross-entropy over all classes.
+Loss: ActionCLIP's KL contrastive loss as in the official code (``loss="kl"``): over the *global*
+batch (frame features and labels all-gathered across processes, with gradient), the B × B logits
+of every video against the descriptors of every sample's class, ``GT[i, j] = [y_i = y_j]``
+softened as ``softmax(10·GT)``, KL(video→text) + KL(text→video) (summed as the official code;
+``train.loss_weights={kl_v2t: 0.5, kl_t2v: 0.5}`` gives the paper's average); ``loss="ce"``:
+cross-entropy over all classes.
 
 Descriptors reach the method through the vocabulary: ``Vocabulary.descriptors[k]`` is class k's
 descriptors of each kind in ``options.kinds`` order, ``num_descriptors`` each (spatial then
@@ -33,8 +36,9 @@ from typing import Literal, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from vclip.engine.distributed import all_gather_with_grad
 from vclip.errors import ConfigError
-from vclip.methods.base import VideoMethod, Vocabulary
+from vclip.methods.base import MethodOutput, VideoMethod, Vocabulary
 from vclip.methods.od_solver import od_scores, pooled_scores
 
 log = logging.getLogger(__name__)
@@ -47,6 +51,10 @@ class OSTOptions:
     #: descriptor files (official OST JSON keyed by class index, or vclip's schema keyed by name)
     spatial_descriptors: Optional[str] = None
     temporal_descriptors: Optional[str] = None
+    #: the label CSV (id,name) the official index-keyed files were written for, when it is not the
+    #: run's label list: classes are then matched by name (e.g. the 600-class K600 files with
+    #: kinetics_600_labels.csv, for a 160-class zero-shot draw). None: index k = the run's class k
+    descriptor_labels: Optional[str] = None
     #: which descriptor kinds score the classes (the paper's Table 4b ablates them)
     kinds: list[str] = field(default_factory=lambda: ["spatial", "temporal"])
     #: descriptors per class and kind (official: 4)
@@ -77,6 +85,10 @@ class OSTOptions:
     #: model.pretrained, θ = wise_ratio · θ_CLIP + (1 − wise_ratio) · θ_ft (OST zero-shot: 0.2)
     wise_checkpoint: Optional[str] = None
     wise_ratio: float = 0.2
+    #: weight decay on every trainable parameter, biases, LayerNorms, embeddings and logit_scale
+    #: included (the official optimizer has no no-decay group); off: vclip's rule (biases, < 2-D
+    #: tensors and position/class embeddings and logit_scale are not decayed)
+    decay_all_parameters: bool = False
 
 
 def _fields(template: str) -> set[str]:
@@ -126,9 +138,17 @@ class OST(VideoMethod):
     def vocabulary_descriptors(cls, options, class_names: Sequence[str]) -> tuple[tuple[str, ...], ...]:
         """Per class, the raw descriptors of each kind in ``options.kinds`` order, read and checked
         from the descriptor files (``make_vocabulary`` calls this)."""
+        from vclip.data.annotations import read_label_csv
+        from vclip.errors import AnnotationError
         from vclip.text.descriptors import read_descriptors
 
         opts = cls.parse_options(options)
+        index_names = None
+        if opts.descriptor_labels:
+            try:
+                index_names = read_label_csv(opts.descriptor_labels)
+            except AnnotationError as e:
+                raise ConfigError(f"model.options.descriptor_labels: {e}") from None
         per_kind = []
         for kind in opts.kinds:
             path = getattr(opts, f"{kind}_descriptors")
@@ -136,7 +156,7 @@ class OST(VideoMethod):
                 raise ConfigError(f"model.options.{kind}_descriptors: not set (a descriptor file written by "
                                   f"`vclip describe --kind ost-{'spatio' if kind == 'spatial' else 'temporal'}` "
                                   "or an official OST JSON)")
-            ds = read_descriptors(path, class_names, num_per_class=opts.num_descriptors)
+            ds = read_descriptors(path, class_names, num_per_class=opts.num_descriptors, index_names=index_names)
             per_kind.append(ds.texts())
         return tuple(tuple(d for texts in per_kind for d in texts[k]) for k in range(len(class_names)))
 
@@ -178,6 +198,12 @@ class OST(VideoMethod):
             out["names"] = self.encode_prompt_ensemble(vocab)
         return out
 
+    def outputs(self, video_features: torch.Tensor, class_features: dict[str, torch.Tensor]) -> MethodOutput:
+        """The logits, and in ``aux`` the frame features (``frame_features``) and the class features
+        (``class_features.<kind>``) the KL loss re-scores over the global batch."""
+        aux = {"frame_features": video_features, **{f"class_features.{k}": v for k, v in class_features.items()}}
+        return MethodOutput(self.logits(video_features, class_features), aux=aux)
+
     def logits(self, video_features: torch.Tensor, class_features: dict[str, torch.Tensor]) -> torch.Tensor:
         o = self.options
         kinds = [k for k in o.kinds if k in class_features]
@@ -207,9 +233,28 @@ class OST(VideoMethod):
                           [tuple(f"{c} descriptor {i}" for i in range(per_class)) for c in vocab.class_names])
 
     def losses(self, output, targets: torch.Tensor, label_smoothing: float = 0.0) -> dict[str, torch.Tensor]:
+        """``loss="kl"``: the official B × B KL over the global batch. The frame features and labels
+        of every process are all-gathered (with gradient, :func:`all_gather_with_grad`) and every
+        gathered video is scored against the descriptors of every gathered sample's class (duplicates
+        included, one OT problem per pair, as the official code); every process computes the same
+        loss, and DDP's averaged gradients equal one process's on the global batch. The class
+        features need no gather: every process encodes the whole vocabulary."""
         if self.options.loss == "ce" or targets.dim() == 2:  # soft targets (Mixup/CutMix): soft CE
             return super().losses(output, targets, label_smoothing)
-        return kl_contrastive_loss(output.logits, targets, self.options.kl_target_scale)
+        frames = output.aux.get("frame_features")
+        prefix = "class_features."
+        classes = {k[len(prefix):]: v for k, v in output.aux.items() if k.startswith(prefix)}
+        if frames is None or not classes:  # an output built elsewhere: the local batch's columns
+            return kl_contrastive_loss(output.logits, targets, self.options.kl_target_scale)
+        all_frames = all_gather_with_grad(frames)
+        all_targets = all_gather_with_grad(targets)
+        per_sample = {k: v[all_targets] for k, v in classes.items()}      # sample j's class, [B_g, ...]
+        return kl_batch_loss(self.logits(all_frames, per_sample), all_targets, self.options.kl_target_scale)
+
+    # ------------------------------------------------------------------ weight decay
+    def decays(self, name: str, param: torch.Tensor) -> bool:
+        """``decay_all_parameters``: every parameter (the official optimizer); else the base rule."""
+        return True if self.options.decay_all_parameters else super().decays(name, param)
 
     # ------------------------------------------------------------------ WiSE-FT
     def apply_wise(self, checkpoint: str, ratio: float) -> None:
@@ -237,7 +282,13 @@ def kl_contrastive_loss(logits: torch.Tensor, targets: torch.Tensor, target_scal
     the columns ``logits[:, y_j]``; targets ``softmax(target_scale · [y_i = y_j])`` per row;
     loss = batch-mean KL for video→text plus the same for text→video (the transpose); the two
     terms are returned by name (``kl_v2t``, ``kl_t2v``) and summed by the trainer."""
-    lb = logits.float()[:, targets]                                   # [B, B]
+    return kl_batch_loss(logits.float()[:, targets], targets, target_scale)
+
+
+def kl_batch_loss(batch_logits: torch.Tensor, targets: torch.Tensor, target_scale: float = 10.0
+                  ) -> dict[str, torch.Tensor]:
+    """The official B × B form: ``batch_logits[i, j]`` scores video i against sample j's class."""
+    lb = batch_logits.float()
     gt = (targets[:, None] == targets[None, :]).float()
     q = torch.softmax(target_scale * gt, dim=1)                       # symmetric GT: rows of qᵀ = q
     v2t = F.kl_div(F.log_softmax(lb, dim=1), q, reduction="batchmean")

@@ -19,7 +19,7 @@ from typing import Iterable, Mapping
 
 import torch
 
-from vclip.errors import CheckpointError
+from vclip.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,18 @@ def write_checkpoint(out: str | os.PathLike, state: Mapping[str, torch.Tensor], 
                            meta={"step": 0, "epoch": 0, "micro_in_epoch": 0, "metric": None, **meta})
 
 
+def check_args(ratio: float, out: str | os.PathLike) -> None:
+    """``vclip wise``'s argument checks, made before any weight is read: ``--ratio`` in [0, 1]
+    (NaN refused) and ``OUT`` free (absent or an empty folder)."""
+    if not 0.0 <= ratio <= 1.0:  # also False for NaN
+        raise ConfigError(f"--ratio must be in [0, 1] (the weight of CKPT_A), got {ratio}")
+    o = Path(out)
+    if o.exists() and (not o.is_dir() or any(o.iterdir())):
+        raise ConfigError(f"OUT {o}: exists and is not an empty folder; choose a new output path")
+
+
 def _cmd_wise(args) -> int:
+    check_args(args.ratio, args.out)
     a = load_state(args.a, trust_checkpoint=args.trust_checkpoint)
     b = load_state(args.b, trust_checkpoint=args.trust_checkpoint)
     state = wise_state_dict(a, b, args.ratio)
@@ -92,9 +103,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "wise", help="WiSE-FT: interpolate two checkpoints of the same architecture (θ = R·A + (1−R)·B)",
         description="Weight-space ensembling. A and B: vclip checkpoint directories or CLIP weights (name, "
-                    "file, directory). OST's zero-shot setting: `vclip wise --ratio 0.2 openai/ViT-B-16 "
-                    "runs/ost-k400/checkpoints/best out/ost-wise` (20 %% CLIP, 80 %% fine-tuned).")
-    p.add_argument("--ratio", type=float, required=True, help="weight of A (OST: 0.2 with A = the zero-shot CLIP)")
+                    "file, directory). OST's zero-shot setting (20 % CLIP, 80 % fine-tuned): "
+                    "vclip wise --ratio 0.2 openai/ViT-B-16 runs/ost-k400/checkpoints/best out/ost-wise")
+    p.add_argument("--ratio", type=float, required=True,
+                   help="weight of A, in [0, 1] (OST: 0.2 with A = the zero-shot CLIP)")
     p.add_argument("a", metavar="CKPT_A")
     p.add_argument("b", metavar="CKPT_B")
     p.add_argument("out", metavar="OUT", help="output checkpoint directory (vclip eval --checkpoint OUT)")

@@ -19,11 +19,12 @@ def _names(text: str | None) -> list[str] | None:
 
 
 def register(subparsers) -> None:
+    from vclip.protocols.runner import CLI_NAMES
+
     p = subparsers.add_parser(
         "run", help="run an evaluation protocol end to end (train, evaluate every test set, aggregate)",
         description="Run a protocol: fully-supervised, few-shot, zero-shot or base-to-novel (docs/protocols.md).")
-    p.add_argument("protocol", metavar="PROTOCOL",
-                   help="fully-supervised | few-shot | zero-shot | base-to-novel")
+    p.add_argument("protocol", metavar="PROTOCOL", help="one of: " + ", ".join(CLI_NAMES))
     p.add_argument("--data", required=True, metavar="SPEC", help="dataset spec YAML (roots, labels, split files)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (rerun to resume)")
     p.add_argument("--config", "-c", action="append", default=[], metavar="FILE",

@@ -61,10 +61,16 @@ ALIASES = {"fully-supervised": "fully_supervised", "supervised": "fully_supervis
            "base-to-novel": "base_to_novel", "base2novel": "base_to_novel", "b2n": "base_to_novel"}
 
 
+#: how the command line spells each protocol (``vclip run PROTOCOL``: help and errors)
+CLI_NAMES = tuple(p.replace("_", "-") for p in PROTOCOLS)
+
+
 def protocol_name(name: str) -> str:
+    """The protocol ``name`` means (its spelling in :data:`CLI_NAMES`, in :data:`PROTOCOLS` or an
+    alias of :data:`ALIASES`), as spelt in :data:`PROTOCOLS`."""
     p = ALIASES.get(name, name)
     if p not in PROTOCOLS:
-        raise ConfigError(f"unknown protocol {name!r} (known: {', '.join(PROTOCOLS)})")
+        raise ConfigError(f"unknown protocol {name!r} (known: {', '.join(CLI_NAMES)})")
     return p
 
 
@@ -237,7 +243,6 @@ class ProtocolRun:
         """Train sub-run ``name`` (or reuse it); the checkpoint to evaluate."""
         done = self._done(name)
         if done is None:
-            from vclip.engine.checkpoint import CheckpointManager
             from vclip.engine.trainer import train
 
             over = {"name": name, "output_dir": str(self.run_dir),
@@ -246,8 +251,8 @@ class ProtocolRun:
             if init:
                 over["model"] = {"init_checkpoint": init}
             cfg = self._build(over)
-            resume = "auto" if CheckpointManager(cfg.run_dir).latest() is not None else None
-            res = train(cfg, resume=resume)
+            # continues an interrupted sub-run (its config unchanged); a fresh start without a checkpoint
+            res = train(cfg, resume="auto")
             done = self._write_sub(name, {"kind": "train", "training": res.get("training"), "init": init,
                                           **_compact(res), "data": cfg.to_dict()["data"]})
         return self.checkpoint_of(name)

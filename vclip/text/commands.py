@@ -19,6 +19,10 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+#: ``--base-url`` when neither the flag nor ``OPENAI_BASE_URL`` gives one
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
 def register(subparsers) -> None:
     from vclip.text.describe import KINDS
 
@@ -38,19 +42,23 @@ def register(subparsers) -> None:
     p.add_argument("--alt-description", type=int, choices=[0, 1, 2], default=2,
                    help="which of ALT's three description prompts (alt-entities; 2 = 'Concisely explain ... "
                         "in one sentence')")
-    p.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"))
-    p.add_argument("--model", default=os.environ.get("OPENAI_MODEL"), help="model name (or OPENAI_MODEL)")
+    p.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL", DEFAULT_BASE_URL), metavar="URL",
+                   help="the OpenAI-compatible endpoint, http(s)://HOST[:PORT]/PATH; requests go to "
+                        f"URL/chat/completions (default: $OPENAI_BASE_URL, else {DEFAULT_BASE_URL})")
+    p.add_argument("--model", default=os.environ.get("OPENAI_MODEL"),
+                   help="model name (default: $OPENAI_MODEL; one of the two is required)")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="NAME",
                    help="environment variable holding the API key (default OPENAI_API_KEY)")
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (OST: 0.7)")
-    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--max-tokens", type=int, default=None, help="answer length limit sent to the endpoint")
     p.add_argument("--system", default=None, help="an optional system message (part of the cache key)")
     p.add_argument("--cache-dir", default=None, help="response cache (default $VCLIP_CACHE/llm)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
-    p.add_argument("--retries", type=int, default=6)
+    p.add_argument("--retries", type=int, default=6,
+                   help="retries of a request that failed transiently (HTTP 429/5xx, timeout, connection error)")
     p.add_argument("--backoff", type=float, default=1.0, help="base delay of the exponential backoff (s)")
     p.add_argument("--max-reasks", type=int, default=2, help="corrective follow-ups on a wrong item count")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_describe)
 
 
@@ -70,15 +78,47 @@ def read_class_names(path: str) -> list[str]:
     return names
 
 
+def check_args(args) -> None:
+    """``vclip describe``'s argument checks, before any file is read or request sent: one
+    :class:`~vclip.errors.ConfigError` line naming the flag and what is wrong."""
+    import math
+
+    from vclip.errors import ConfigError
+    from vclip.text.llm import LLMError, check_base_url
+
+    try:
+        check_base_url(args.base_url)
+    except LLMError as e:
+        raise ConfigError(f"--base-url: {e}") from None
+    if not args.model:
+        raise ConfigError("--model: no model name; pass --model NAME or set OPENAI_MODEL")
+    at_least = [("-n/--num", args.num, 1), ("--top-k", args.top_k, 1), ("--max-units", args.max_units, 1),
+                ("--max-reasks", args.max_reasks, 0), ("--retries", args.retries, 0)]
+    if args.max_tokens is not None:
+        at_least.append(("--max-tokens", args.max_tokens, 1))
+    for flag, value, low in at_least:
+        if value < low:
+            raise ConfigError(f"{flag} must be >= {low}, got {value}")
+    for flag, value, positive in [("--timeout", args.timeout, True), ("--backoff", args.backoff, False),
+                                  ("--temperature", args.temperature, False)]:
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise ConfigError(f"{flag} must be a finite number {'> 0' if positive else '>= 0'}, got {value}")
+
+
 def _describe(args) -> int:
     from vclip.backbone.hub import cache_dir
+    from vclip.errors import ConfigError
     from vclip.text.describe import describe
     from vclip.text.descriptors import write_descriptors, write_official
     from vclip.text.llm import ChatClient
 
+    check_args(args)
     names = read_class_names(args.labels)
+    if args.kind == "moted-discriminative" and not 1 <= args.top_k < len(names):
+        raise ConfigError(f"--top-k {args.top_k}: must be between 1 and the number of classes - 1 "
+                          f"({len(names) - 1}) of {args.labels}")
     params = {"temperature": args.temperature}
-    if args.max_tokens:
+    if args.max_tokens is not None:
         params["max_tokens"] = args.max_tokens
     key = os.environ.get(args.api_key_env) or None
     if key is None:

@@ -5,6 +5,13 @@ per kind, keyed by class index as a string, in label-file order::
 
     {"0": ["climber", "rope", "harness", "mountain"], "1": [...], ...}
 
+The index is the row of the label file the descriptors were written for. The official K600
+zero-shot files are per split, ``descriptors/k600/split{1,2,3}/{spatio,temporal}_{2,4,8}_descriptors.json``,
+160 classes each, indexed by the rows of that split's ``labels/ZS_split{k}_K600.csv``; the
+600-class ``descriptors/k600/{spatio,temporal}_descriptors/4_descriptors.json`` follows
+``kinetics_600_labels.csv``. With another label list, pass the file's own label list as
+``index_names``: classes are then matched by name.
+
 **vclip** (written by ``vclip describe``), keyed by class name, with the provenance of the text::
 
     {"format": "vclip-descriptors/1", "kind": "ost-spatio", "num_per_class": 4,
@@ -88,12 +95,16 @@ def _check_lists(path, names: Sequence[str], lists: Sequence, num_per_class: int
 
 
 def read_descriptors(path: str | os.PathLike, class_names: Sequence[str] | None = None, *,
-                     num_per_class: int | None = None, kind: str | None = None) -> DescriptorSet:
+                     num_per_class: int | None = None, kind: str | None = None,
+                     index_names: Sequence[str] | None = None) -> DescriptorSet:
     """Read an official OST JSON or a vclip descriptor file and check it.
 
     ``class_names``: the label order the descriptors must cover (official files are matched by
     index, vclip files by name — extra classes in a vclip file are ignored, missing ones are an
-    error). ``num_per_class``: the exact count every class must have (None: any count ≥ 1)."""
+    error). ``num_per_class``: the exact count every class must have (None: any count ≥ 1).
+    ``index_names``: for an official file, the label list its indices refer to when that is not
+    ``class_names`` (the file must cover exactly these; ``class_names`` are then looked up by
+    name); ignored for vclip files, which carry their names."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -129,17 +140,31 @@ def read_descriptors(path: str | os.PathLike, class_names: Sequence[str] | None 
         raise AnnotationError(f"{path}: key {bad!r} is not a class index: expected the official OST format "
                               f"{{\"0\": [...], ...}} or a vclip file with \"format\": \"{FORMAT}\"")
     num = len(data)
-    expected = len(class_names) if class_names is not None else num
-    names = list(class_names) if class_names is not None else [str(i) for i in range(num)]
+    file_names = list(index_names) if index_names is not None else class_names
+    expected = len(file_names) if file_names is not None else num
+    names = list(file_names) if file_names is not None else [str(i) for i in range(num)]
+    what = "its label list (index_names)" if index_names is not None else "the label file"
+    hint = ("an index-keyed file follows the label list it was written for: OST's "
+            "model.options.descriptor_labels names that list to match classes by name")
     for i in range(expected):
         if str(i) not in data:
-            raise AnnotationError(f"{path}: no descriptors for class {i} ({names[i]!r})")
+            raise AnnotationError(f"{path}: no descriptors for class {i} ({names[i]!r})"
+                                  + (f" ({num} classes, {what} has {expected}; {hint})" if num != expected else ""))
     if num != expected:
         extra_keys = sorted((k for k in data if int(k) >= expected), key=int)
-        raise AnnotationError(f"{path}: {num} classes, the label file has {expected} "
-                              f"(unexpected class index {extra_keys[0] if extra_keys else '?'})")
+        raise AnnotationError(f"{path}: {num} classes, {what} has {expected} "
+                              f"(unexpected class index {extra_keys[0] if extra_keys else '?'}; {hint})")
     lists = [data[str(i)] for i in range(expected)]
     _check_lists(path, names, lists, num_per_class)
+    if index_names is not None and class_names is not None:
+        table = dict(zip(names, lists))
+        missing = [c for c in class_names if c not in table]
+        if missing:
+            raise AnnotationError(f"{path}: class {missing[0]!r} is not in the label list the file is indexed "
+                                  "by (index_names; OST: model.options.descriptor_labels)"
+                                  + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        names = list(class_names)
+        lists = [table[c] for c in names]
     return DescriptorSet(kind=kind or "", class_names=names, items=lists)
 
 

@@ -24,6 +24,7 @@ import random
 import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,7 +34,7 @@ from vclip.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LLMError", "ChatClient", "request_key"]
+__all__ = ["LLMError", "ChatClient", "check_base_url", "request_key"]
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -48,6 +49,24 @@ def request_key(messages: Sequence[dict], model: str, params: dict) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+def check_base_url(url: str) -> str:
+    """``url`` if it can be a chat endpoint's base URL — ``http(s)://HOST[:PORT][/PATH]`` — else
+    :class:`LLMError` naming what is wrong. Nothing is sent."""
+    if not url:
+        raise LLMError("no base URL for the chat endpoint (--base-url / OPENAI_BASE_URL)")
+    example = "e.g. https://api.openai.com/v1 or http://localhost:8000/v1"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number in 0-65535
+    except ValueError as e:
+        raise LLMError(f"base URL {url!r} is not a valid URL ({e}); {example}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise LLMError(f"base URL {url!r} is not an http:// or https:// URL with a host; {example}")
+    if any(c.isspace() for c in url):
+        raise LLMError(f"base URL {url!r} contains white space; {example}")
+    return url
+
+
 class ChatClient:
     """``chat(messages) -> str`` against ``base_url`` with ``model`` and sampling ``params``
     (temperature, max_tokens, ...: sent as they are and part of the cache key)."""
@@ -55,10 +74,13 @@ class ChatClient:
     def __init__(self, base_url: str, model: str, api_key: str | None = None, *, params: dict | None = None,
                  cache_dir: str | os.PathLike | None = None, timeout: float = 60.0, max_retries: int = 6,
                  backoff_base: float = 1.0, backoff_max: float = 60.0):
-        if not base_url:
-            raise LLMError("no base URL for the chat endpoint (--base-url / OPENAI_BASE_URL)")
+        check_base_url(base_url)
         if not model:
             raise LLMError("no model name (--model / OPENAI_MODEL)")
+        if not (isinstance(max_retries, int) and max_retries >= 0):
+            raise LLMError(f"max_retries must be an integer >= 0, got {max_retries!r}")
+        if not timeout > 0:
+            raise LLMError(f"timeout must be > 0 seconds, got {timeout!r}")
         self.base_url = base_url.rstrip("/")
         self.model = model
         self._api_key = api_key or None
@@ -155,7 +177,8 @@ class ChatClient:
                 log.info("%s (attempt %d/%d); retrying in %.2fs", self._scrub(last), attempt + 1,
                          self.max_retries + 1, delay)
                 time.sleep(delay)
-        raise LLMError(self._scrub(f"{url}: giving up after {self.max_retries + 1} attempts; last error: {last}"))
+        n = self.max_retries + 1
+        raise LLMError(self._scrub(f"{url}: giving up after {n} attempt{'' if n == 1 else 's'}; last error: {last}"))
 
 
 class _Malformed(Exception):
