@@ -13,6 +13,10 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q $(PIP_EXTRA) '$(TORCH_SPEC)'
 	$(VENV)/bin/python -m pip install -q -e '.[test]'
+	# the torchcodec reader's tests (tests/data/test_decode.py): 0.13 is the last PyPI wheel built for
+	# the CPU (later ones link CUDA's libnvrtc); it needs FFmpeg's shared libraries (.ci/run installs
+	# Debian's), and its tests skip where they are missing. --no-deps: it must not pull another torch.
+	$(VENV)/bin/python -m pip install -q --no-deps 'torchcodec==0.13.0'
 	touch $@
 
 .PHONY: install test demo

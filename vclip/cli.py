@@ -137,8 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    from vclip.errors import TrainingInterrupted
+
     try:
         return int(args.handler(args) or 0)
+    except TrainingInterrupted as e:  # a run stopped by SIGINT/SIGTERM after saving: the shell's code
+        print(f"vclip {args.command}: {e}", file=sys.stderr)
+        return e.exit_code
     except VclipError as e:
         print(f"vclip {args.command}: error: {e}", file=sys.stderr)
         return 2

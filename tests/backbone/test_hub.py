@@ -33,6 +33,7 @@ class _State:
         self.fail_first: dict[str, list[int]] = {}  # path -> statuses answered before serving
         self.ignore_range: set[str] = set()
         self.chunk_delay = 0.0
+        self.before_body = None  # called with the path by each GET of a file, before its body is sent
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.lock = threading.Lock()
 
@@ -84,6 +85,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.end_headers()
                 return
             code = 206
+        if st.before_body is not None:
+            st.before_body(path)
         self.send_response(code)
         if code == 206:
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
@@ -318,9 +321,36 @@ def test_unreachable_host_says_what_to_download(tmp_path, monkeypatch):
 
 
 def test_concurrent_downloads_fetch_once(server, tmp_path):
+    """Three threads download the same file at once. The overlap is forced, not left to timing:
+    the server holds its first answer until every thread is accounted for — either fetching
+    (a GET) or waiting for the lock (hub's "waiting for another process" warning) — so without
+    the lock all three fetch; with it, one does and the others take its file."""
+    import logging
+
     server.files["/big.pt"] = PAYLOAD
-    server.chunk_delay = 0.02
     dest = tmp_path / "cache" / "big.pt"
+    cond = threading.Condition()
+    waiters: set[int] = set()
+    gate_timed_out = []
+
+    class Waiting(logging.Handler):
+        def emit(self, record):
+            if "waiting for another process" in record.getMessage():
+                with cond:
+                    waiters.add(threading.get_ident())
+                    cond.notify_all()
+
+    def before_body(path):
+        with cond:
+            cond.notify_all()
+            ok = cond.wait_for(lambda: len(server.hits(path)) + len(waiters) >= 3, timeout=60)
+        if not ok:
+            gate_timed_out.append(path)
+
+    server.before_body = before_body
+    handler = Waiting(level=logging.WARNING)
+    hub_log = logging.getLogger(hub.__name__)
+    hub_log.addHandler(handler)
     results, errors = [], []
 
     def worker():
@@ -330,14 +360,18 @@ def test_concurrent_downloads_fetch_once(server, tmp_path):
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=worker) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
-    assert errors == [] and results == [dest] * 3
+    try:
+        threads = [threading.Thread(target=worker) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)  # a hang guard only
+    finally:
+        hub_log.removeHandler(handler)
+    assert not any(t.is_alive() for t in threads)
+    assert gate_timed_out == [] and errors == [] and results == [dest] * 3
     assert dest.read_bytes() == PAYLOAD
-    assert len(server.hits("/big.pt")) == 1
+    assert len(server.hits("/big.pt")) == 1 and len(waiters) == 2
     assert leftovers(dest) == ["big.pt", "big.pt.sha256"]
 
 

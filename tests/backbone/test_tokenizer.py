@@ -18,7 +18,6 @@ import gzip
 import html
 import json
 import random
-import time
 
 import ftfy
 import pytest
@@ -373,20 +372,44 @@ def _sentences(n: int, seed: int) -> list[str]:
     return [" ".join(rng.choice(_WORDS) for _ in range(12)) + f" {i}" for i in range(n)]
 
 
+def _count_bpe(tok: Tokenizer) -> list[int]:
+    """Count the words ``tok`` runs BPE merges on (the per-word cache's misses)."""
+    calls = [0]
+    real = tok._merge_symbols
+
+    def counted(symbols):
+        calls[0] += 1
+        return real(symbols)
+
+    tok._merge_symbols = counted
+    return calls
+
+
 def test_cache_speed_sanity():
+    """The caches, counted rather than timed: a second pass over the same texts runs no BPE merge
+    and is answered by the per-text cache; with the text cache off, the word cache still spares
+    every merge; ``cache_clear`` empties both."""
     tok = Tokenizer()
+    bpe = _count_bpe(tok)
     texts = _sentences(3000, seed=7)
-    start = time.perf_counter()
+    words = {w for t in texts for w in t.split()}
     cold = tok(texts)
-    cold_s = time.perf_counter() - start
-    start = time.perf_counter()
+    assert 0 < bpe[0] <= len(words)  # each distinct word merged once at most
+    info = tok._encode_cached.cache_info()
+    assert (info.hits, info.misses) == (0, 3000)
+    bpe[0] = 0
     warm = tok(texts)
-    warm_s = time.perf_counter() - start
     assert torch.equal(cold, warm)
-    # generous bounds: ~0.1 s cold and a few ms warm on a 2-core CPU
-    assert cold_s < 15.0
-    assert warm_s < max(cold_s, 0.05) + 0.5
+    assert bpe[0] == 0
+    info = tok._encode_cached.cache_info()
+    assert (info.hits, info.misses) == (3000, 3000)
     tok.cache_clear()
     assert torch.equal(tok(texts[:10]), cold[:10])
+    assert bpe[0] > 0 and tok._encode_cached.cache_info().misses == 10
     uncached = Tokenizer(text_cache_size=0)
+    bpe = _count_bpe(uncached)
     assert torch.equal(uncached(texts[:200]), cold[:200])
+    first = bpe[0]
+    assert first > 0
+    assert torch.equal(uncached(texts[:200]), cold[:200])
+    assert bpe[0] == first  # the word cache answers every word of the second pass

@@ -121,3 +121,60 @@ def test_image_size_interpolation(tmp_path):
     assert big.encode_image(torch.randn(1, 3, 48, 48)).shape == (1, 32)
     with pytest.raises(ValueError, match="48x48 px"):
         model.encode_image(torch.randn(1, 3, 48, 48))
+
+
+def _cubic(x: float, a: float = -0.75) -> float:
+    """Keys' cubic convolution kernel (the one of PyTorch's and OpenCV's bicubic)."""
+    x = abs(x)
+    if x <= 1:
+        return (a + 2) * x**3 - (a + 3) * x**2 + 1
+    if x < 2:
+        return a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a
+    return 0.0
+
+
+def _bicubic_matrix(old: int, new: int):
+    """[new, old] weights of a 1-D bicubic resize, half-pixel centres (align_corners=False), the
+    taps beyond the border clamped to the edge sample."""
+    import numpy as np
+
+    m = np.zeros((new, old))
+    for i in range(new):
+        src = (i + 0.5) * old / new - 0.5
+        base = int(np.floor(src))
+        for tap in range(base - 1, base + 3):
+            m[i, min(max(tap, 0), old - 1)] += _cubic(src - tap)
+    return m
+
+
+@pytest.mark.parametrize("size, grid", [(48, 6), (16, 2)])
+def test_image_size_interpolation_values(tmp_path, size, grid):
+    """The positional embedding loaded at another image size is the bicubic resize of the patch
+    grid (computed here separably with numpy), the class position kept as is. Channels 0 and 1
+    hold the patch's row and column, so a transposed or zeroed grid fails."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    model = CLIP(get_config("tiny"))  # 32 px, patch 8: a 4x4 grid, 64 channels
+    g = 4
+    pos = torch.randn(1 + g * g, 64)
+    rows, cols = torch.meshgrid(torch.arange(g, dtype=torch.float32), torch.arange(g, dtype=torch.float32),
+                                indexing="ij")
+    pos[1:, 0] = rows.flatten()
+    pos[1:, 1] = 10 * cols.flatten()
+    pos[0] = torch.linspace(-3, 3, 64)
+    with torch.no_grad():
+        model.visual.positional_embedding.copy_(pos)
+    big = load_clip(save_clip(model, tmp_path / "m"), image_size=size)
+    got = big.visual.positional_embedding.detach().double().numpy()
+    assert got.shape == (1 + grid * grid, 64)
+    assert np.array_equal(got[0], pos[0].double().numpy())  # the class position, untouched
+
+    m = _bicubic_matrix(g, grid)
+    src = pos[1:].double().numpy().reshape(g, g, 64)
+    want = np.einsum("ir,rcd,jc->ijd", m, src, m).reshape(grid * grid, 64)
+    np.testing.assert_allclose(got[1:], want, rtol=1e-5, atol=1e-5)
+    # orientation, without the reference: channel 0 (the row) varies down the grid only
+    new = got[1:].reshape(grid, grid, 64)
+    assert np.allclose(new[:, :, 0], new[:, :1, 0]) and np.all(np.diff(new[:, 0, 0]) > 0)
+    assert np.allclose(new[:, :, 1], new[:1, :, 1]) and np.all(np.diff(new[0, :, 1]) > 0)

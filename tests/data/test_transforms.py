@@ -262,3 +262,61 @@ def test_mixup_partner_is_a_seeded_random_permutation():
     assert rev.partner_index(B, np.random.default_rng(0)).tolist() == list(range(B - 1, -1, -1))
     with pytest.raises(ConfigError, match="partner"):
         T.MixupCutmix(B, partner="shuffle")
+
+
+def _mixed_partner(xm_i: torch.Tensor, x: torch.Tensor, i: int, kind: str) -> tuple[int, float]:
+    """``(j, lam)``: the sample ``xm_i`` was mixed with, and its own share, read from the pixels
+    alone. Mixup: the j whose least-squares ``lam x_i + (1 - lam) x_j`` fits exactly; CutMix: the j
+    whose pixels fill every pixel that changed, ``lam`` the fraction of pixels kept."""
+    if kind == "mixup":
+        if torch.allclose(xm_i, x[i], atol=1e-6, rtol=0):
+            return i, 1.0  # its own partner (then every j fits with lam = 1)
+        fits = []
+        for j in range(x.shape[0]):
+            if j == i:
+                continue
+            a, b = (x[i] - x[j]).flatten().double(), (xm_i - x[j]).flatten().double()
+            lam = float(a @ b / (a @ a))
+            fits.append((float((lam * a - b).abs().max()), j, lam))
+        err, j, lam = min(fits)
+        assert err < 1e-5, (i, fits)
+        return j, lam
+    changed = (xm_i != x[i]).flatten(0, -3).any(0)  # [H, W], the same box in every frame and channel
+    if not changed.any():
+        return i, 1.0
+    for j in range(x.shape[0]):
+        if j != i and torch.equal(xm_i[..., changed], x[j][..., changed]):
+            return j, 1.0 - changed.float().mean().item()
+    raise AssertionError(f"row {i}: the changed pixels come from no sample")
+
+
+@pytest.mark.parametrize("partner", ["permutation", "reversed"])
+@pytest.mark.parametrize("kind", ["mixup", "cutmix"])
+def test_mixup_cutmix_every_row_targets_its_partner(partner, kind):
+    """Every row's soft target is ``lam y_i + (1 - lam) y_j`` for the sample ``j`` its pixels were
+    actually mixed with (found from the pixels, not from the code's permutation); ``partner``
+    "reversed" pairs i with B-1-i, "permutation" with a seeded permutation of the batch."""
+    B, K, eps = 6, 8, 0.1
+    x = torch.rand(B, 2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([5, 0, 7, 2, 3, 6])
+    mc = T.MixupCutmix(K, mixup_alpha=0.8 if kind == "mixup" else 0.0, cutmix_alpha=1.0 if kind == "cutmix" else 0.0,
+                       label_smoothing=eps, partner=partner)
+    smooth = torch.full((B, K), eps / K).scatter_(1, y[:, None], 1 - eps + eps / K)
+    perms = set()
+    for seed in range(8):
+        xm, ym = mc(x, y, np.random.default_rng(seed))
+        xm2, ym2 = mc(x, y, np.random.default_rng(seed))
+        assert torch.equal(xm, xm2) and torch.equal(ym, ym2)  # seeded
+        partners = []
+        for i in range(B):
+            j, lam = _mixed_partner(xm[i], x, i, kind)
+            partners.append(j)
+            torch.testing.assert_close(ym[i], lam * smooth[i] + (1 - lam) * smooth[j], atol=1e-5, rtol=0)
+        mixed = [i for i in range(B) if partners[i] != i]
+        if partner == "reversed":
+            assert all(partners[i] == B - 1 - i for i in mixed) and (kind == "cutmix" or len(mixed) == B)
+        elif len(mixed) == B or kind == "mixup":
+            assert sorted(partners) == list(range(B))  # a permutation: every sample used once as a partner
+        perms.add(tuple(partners))
+    if partner == "permutation":
+        assert len(perms) > 2  # drawn anew from each seed

@@ -1,10 +1,7 @@
 import os
 import random
-import signal
 import subprocess
 import sys
-import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -174,36 +171,90 @@ def test_killed_between_renames_falls_back(tmp_path):
     assert mgr.load()[2]["step"] == 20
 
 
+#: run in a subprocess: for each kill point K, a forked child saves step 3 (``last`` and ``best``)
+#: over steps 0-2 and dies with ``os._exit`` (no cleanup, as under SIGKILL) just before its K-th
+#: file-system change (audit events: files opened for writing, renames, links, mkdir, removals);
+#: prints the number of kill points that interrupted the save (the last K lets it complete).
+_KILL_SCRIPT = """
+import os, shutil, sys, torch
+from vclip.engine.checkpoint import CheckpointManager
+
+torch.set_num_threads(1)
+root = sys.argv[1]
+WRITES = {"os.rename", "os.remove", "os.rmdir", "os.mkdir", "os.link", "os.symlink", "os.truncate",
+          "shutil.rmtree", "shutil.copyfile", "shutil.move", "os.chmod"}
+kill_at, seen = [None], [0]
+
+def hook(event, args):
+    if kill_at[0] is None:
+        return
+    if event == "open":
+        mode, flags = args[1], args[2]
+        writes = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+            isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC))
+        if not writes:
+            return
+    elif event not in WRITES:
+        return
+    seen[0] += 1
+    if seen[0] == kill_at[0]:
+        os._exit(137)
+
+sys.addaudithook(hook)
+
+def save(mgr, step):
+    w = torch.full((1000,), float(step))
+    mgr.save("last", model_state={"w": w}, train_state={"step": step, "m": w.clone()},
+             meta={"step": step}, is_best=True)
+
+k = 1
+while True:
+    d = os.path.join(root, f"k{k}")
+    mgr = CheckpointManager(d)
+    for step in range(3):
+        save(mgr, step)
+    pid = os.fork()
+    if pid == 0:
+        kill_at[0] = k
+        save(mgr, 3)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    assert code in (0, 137), code
+    if code == 0:
+        print(k, flush=True)
+        break
+    k += 1
+"""
+
+
 def test_sigkill_during_saves_never_leaves_a_broken_last(tmp_path):
-    """A real process killed with SIGKILL at a random moment while saving in a loop."""
-    script = textwrap.dedent(f"""
-        import sys, torch
-        from vclip.engine.checkpoint import CheckpointManager
-        mgr = CheckpointManager({str(tmp_path)!r})
-        for step in range(10_000):
-            w = torch.full((1_000_000,), float(step))
-            mgr.save("last", model_state={{"w": w}}, train_state={{"step": step, "m": w.clone()}},
-                     meta={{"step": step}}, is_best=step % 3 == 0)
-            print(step, flush=True)
-    """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    try:
-        for _ in range(3):                      # wait until it has saved a few times
-            line = proc.stdout.readline()
-            assert line, "the saving process died"
-        time.sleep(random.Random(0).uniform(0.0, 0.05))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    mgr = CheckpointManager(tmp_path)
-    for found in (mgr.latest(), mgr.find("best")):
-        assert found is not None
-        ms, ts, meta = mgr.load(found)
-        step = meta["step"]
-        assert ts["step"] == step and bool((ms["w"] == step).all()) and bool((ts["m"] == step).all())
+    """A process killed at every file-system step of a save, in turn (deterministic kill points,
+    not a random moment): ``last`` and ``best`` are always complete checkpoints of the step before
+    the save or of the new one, and a kill before the final rename keeps the previous one."""
+    p = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr
+    points = int(p.stdout.split()[-1])
+    assert points >= 8  # mkdir, the files of last and best, the renames: a save has many steps
+    for k in range(1, points + 1):
+        mgr = CheckpointManager(tmp_path / f"k{k}")
+        steps = []
+        for found in (mgr.latest(), mgr.find("best")):
+            assert found is not None, k
+            ms, ts, meta = mgr.load(found)
+            step = meta["step"]
+            assert step in (2, 3), k
+            assert ts["step"] == step and bool((ms["w"] == step).all()) and bool((ts["m"] == step).all()), k
+            steps.append(step)
+        if k == 1:
+            assert steps == [2, 2]  # killed before anything was written
+        if k == points:
+            assert steps == [3, 3]  # not killed: the save completed
+        # a new save after the crash cleans up and succeeds
+        mgr.save("last", model_state={"w": torch.full((1000,), 4.0)},
+                 train_state={"step": 4, "m": torch.full((1000,), 4.0)}, meta={"step": 4}, is_best=True)
+        assert mgr.load(mgr.latest())[2]["step"] == 4 and mgr.load(mgr.find("best"))[2]["step"] == 4
 
 
 def test_best_kept(tmp_path):

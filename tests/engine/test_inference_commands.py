@@ -262,3 +262,55 @@ def test_predict_run_trained_from_pretrained_weights(synth, capsys, tmp_path):
     assert code == 2 and "Traceback" not in err
     assert f"model.pretrained={tmp_path / 'tiny-clip'}, which cannot be read here" in err
     assert f"vclip export {ck} OUT" in err
+
+
+# ------------------------------------------ issue 13, item 4: predict names the right class
+
+
+def _known_answer_checkpoint(runs, out: Path, names: list[str], target: int, scale: float) -> list[float]:
+    """A CLIP-mean checkpoint whose every video scores ``names[target]`` highest, saved with
+    ``save_checkpoint`` plus its config: the image tower's final LayerNorm outputs a constant
+    (weight 0, bias e_0) and row 0 of the projection is the normalised text embedding of the
+    target class, so the video embedding IS that text embedding whatever the frames. Returns the
+    class probabilities, computed here from the text tower alone: softmax(scale · cos(t_target, t_c))."""
+    import torch.nn.functional as F
+
+    from vclip.engine.checkpoint import save_checkpoint
+    from vclip.engine.inference import open_checkpoint
+    from vclip.methods import build_method
+
+    src = open_checkpoint(runs["clip"] / "checkpoints" / "last")
+    cfg = load_config([str(runs["clip"] / "config.yaml")])
+    method = build_method(cfg)
+    load_model_state(method, src.state, "test")
+    method.eval()
+    with torch.no_grad():
+        text = F.normalize(method.encode_texts(names).float(), dim=-1)  # templates ["{}"]: the bare name
+    state = {k: v.clone() for k, v in src.state.items()}
+    state["clip.visual.ln_post.weight"].zero_()
+    state["clip.visual.ln_post.bias"].zero_()
+    state["clip.visual.ln_post.bias"][0] = 1.0
+    state["clip.visual.proj"][0] = text[target]
+    state["clip.logit_scale"].fill_(float(torch.tensor(scale).log()))
+    save_checkpoint(out, state, meta={k: v for k, v in src.meta.items() if k not in ("tag",)})
+    shutil.copyfile(runs["clip"] / "config.yaml", out / "config.yaml")
+    return (scale * text[target] @ text.t()).double().softmax(-1).tolist()
+
+
+@pytest.mark.parametrize("target", [2, 0])
+def test_predict_names_the_class_the_checkpoint_scores_highest(synth, runs, capsys, tmp_path, target):
+    """On a checkpoint built to give a known answer, predict names that class first, with the
+    probability computed independently; every ranked class carries its own probability. A
+    predict that ignores --checkpoint, or names classes off by one, fails."""
+    names = LABELS.split(",")
+    expected = _known_answer_checkpoint(runs, tmp_path / "known", names, target, scale=30.0)
+    assert max(range(len(names)), key=expected.__getitem__) == target and expected[target] > 0.5
+    items = _predict_json(capsys, _video(synth, 0), _video(synth, 7), "--checkpoint", tmp_path / "known",
+                          "--labels", LABELS, "--top-k", "4")
+    assert len(items) == 2
+    for item in items:
+        top = item["top"]
+        assert top[0]["class"] == names[target]
+        assert sorted(t["class"] for t in top) == sorted(names)
+        for t in top:
+            assert t["probability"] == pytest.approx(expected[names.index(t["class"])], abs=2e-4), t

@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -24,12 +25,12 @@ from vclip.engine.trainer import train
 
 def test_tiny_run_learns_single_frame_classes(synth, make_config):
     """~150 steps of the tiny CLIP (4 frames of 32 px) from random init: the classes a single frame
-    separates are recognised far above chance (1/12); the order pairs cannot be, by construction."""
+    separates are recognised well above what predicting one class scores; the order pairs cannot be,
+    by construction."""
     path = make_config("learn", data={"batch_size": 16},
                        train={"epochs": 16, "lr": 1e-3, "warmup_epochs": 1, "log_every": 20, "eval_every": 16})
     cfg = load_config([str(path)])
     results = train(cfg)
-    chance = 1 / len(CLASSES)
 
     # re-score the saved model with per-group accuracy
     from vclip.engine import data as run_data
@@ -41,11 +42,20 @@ def test_tiny_run_learns_single_frame_classes(synth, make_config):
     method = build_method(cfg)
     method.load_state_dict(load_checkpoint(cfg.run_dir / "checkpoints" / "last")[0])
     again = evaluate_method(method, run_data.eval_dataset(cfg, names), make_vocabulary(cfg, names), cfg,
-                            DistInfo(0, 1, 0, torch.device("cpu")), subsets=class_groups())
+                            DistInfo(0, 1, 0, torch.device("cpu")), subsets=class_groups(), return_scores=True)
     single = again["subsets"]["single_frame"]
     assert single["num_videos"] == 4 * 4
     assert again["top1"] == results["top1"]  # the run's final evaluation is reproduced exactly
-    assert single["top1"] >= 2 * chance + 0.05, (single, results["per_class_accuracy"])
+    # a model predicting one class always scores at most 4/16 on these 16 videos (4 per class), one
+    # class right and the others 0, and 4/48 on all 48; the run clears each by at least 2 videos
+    # (measured with this seed, every time: 7/16, per class 0.75/0.75/0.25/0, 7/48 overall)
+    targets = again["targets"]
+    in_single = np.isin(targets, SINGLE_FRAME_CLASSES)
+    best_constant = max(float(np.mean(targets[in_single] == c)) for c in range(len(CLASSES)))
+    assert best_constant == 0.25
+    assert single["top1"] >= best_constant + 2 / 16, (single, results["per_class_accuracy"])
+    assert sum(results["per_class_accuracy"][c] >= 0.5 for c in SINGLE_FRAME_CLASSES) >= 2, results["per_class_accuracy"]
+    assert again["top1"] >= 4 / 48 + 2 / 48, again["top1"]
     per_class = [results["per_class_accuracy"][c] for c in SINGLE_FRAME_CLASSES]
     assert single["top1"] == pytest.approx(sum(per_class) / len(per_class))
     # the loss went down

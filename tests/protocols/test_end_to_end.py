@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import json
-import time
 
 import pytest
 import torch
@@ -33,7 +32,29 @@ def test_fully_supervised(tmp_path, synth_protocol_data, tiny_config):
     assert (tmp_path / "sup" / "table.md").exists()
 
 
-def test_few_shot_with_camelcase_and_resume(tmp_path, synth_protocol_data, tiny_config):
+def _count_sub_runs(monkeypatch) -> dict[str, int]:
+    """Count the training and evaluation runs the protocol runner starts (the real ones still run)."""
+    import vclip.engine.evaluate as evaluate_mod
+    import vclip.engine.trainer as trainer_mod
+
+    calls = {"train": 0, "evaluate": 0}
+
+    def counted(module, name):
+        real = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    counted(trainer_mod, "train")
+    counted(evaluate_mod, "evaluate")
+    return calls
+
+
+def test_few_shot_with_camelcase_and_resume(tmp_path, synth_protocol_data, tiny_config, monkeypatch):
+    calls = _count_sub_runs(monkeypatch)
     run = _run(tmp_path, synth_protocol_data, tiny_config, "fs", label_norm=["camelcase"])
     res = run_few_shot(run, ["hmdb51", "ucf101"], shots=[1, 2], seeds=[1])
     assert set(res["summary"]) == {"hmdb51", "ucf101"}
@@ -50,11 +71,17 @@ def test_few_shot_with_camelcase_and_resume(tmp_path, synth_protocol_data, tiny_
     norm = [v for k, v in res["label_normalisation"].items() if k.startswith("ucf101")][0]
     assert norm["normalisation"] == ["camelcase"] and norm["changed"] == 6
     assert read_label_csv(norm["file"])[0] == "Circle Moving Right"
-    # rerun: every sub-run is skipped and the results are the same
-    t0 = time.perf_counter()
+    assert calls["train"] == 4  # 2 datasets x 2 shot counts x 1 seed
+    # rerun: every sub-run is skipped (no training nor evaluation starts, no file of a sub-run is
+    # rewritten) and the results are the same
+    first = dict(calls)
+    files = {p: p.stat().st_mtime_ns for p in (tmp_path / "fs").rglob("*")
+             if p.is_file() and p.parent != tmp_path / "fs"}
+    assert len(files) > 4
     again = run_few_shot(_run(tmp_path, synth_protocol_data, tiny_config, "fs", label_norm=["camelcase"]),
                          ["hmdb51", "ucf101"], shots=[1, 2], seeds=[1])
-    assert time.perf_counter() - t0 < 5
+    assert calls == first
+    assert {p: p.stat().st_mtime_ns for p in files} == files
     assert again["table"] == res["table"]
     assert again["sub_runs"].keys() == res["sub_runs"].keys()
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
+
 from pathlib import Path
 
 from vclip.errors import ConfigError
@@ -54,6 +57,19 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
+    from vclip.errors import TrainingInterrupted
+
+    try:
+        return _run_protocol(args)
+    except TrainingInterrupted as e:  # every finished sub-run is kept; the stopped one resumes
+        again = " ".join(shlex.quote(a) for a in sys.argv) if sys.argv and sys.argv[0] else "the same vclip run command"
+        raise TrainingInterrupted(
+            f"{e.args[0].split('; resume with:')[0]}; the finished sub-runs are kept and the stopped one resumes "
+            f"from its checkpoint: run the same command again ({again})",
+            signum=e.signum, exit_code=e.exit_code, resume_command=again, checkpoint=e.checkpoint) from None
+
+
+def _run_protocol(args) -> int:
     from vclip.protocols import runner as R
 
     protocol = R.protocol_name(args.protocol)

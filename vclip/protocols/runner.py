@@ -280,14 +280,15 @@ class ProtocolRun:
         return self._write_sub(name, {"kind": "eval", "checkpoint": checkpoint, **(info or {}), **_compact(res),
                                       "labels": data["labels"], "annotation": data["val_list"]})
 
-    def model_checkpoint(self, train_name: str, train_data: dict) -> str | None:
+    def model_checkpoint(self, train_name: str, train_data: dict, val: Path | None = None) -> str | None:
         """The weights to evaluate: ``--checkpoint``, none (``--eval-only``: ``model.pretrained``),
-        or the training sub-run's."""
+        or the training sub-run's (``val``: the test list evaluated during training with ``--monitor``,
+        which is also what ``--checkpoint-tag best`` selects on)."""
         if self.checkpoint:
             return self.checkpoint
         if self.eval_only:
             return None
-        return self.train_sub(train_name, train_data)
+        return self.train_sub(train_name, train_data, val)
 
     # ---------------------------------------------------------------------------- results
     def finish(self, protocol: str, summary: dict, **extra) -> dict:
@@ -335,7 +336,7 @@ def run_fully_supervised(run: ProtocolRun, datasets: Sequence[str] = ("k400",),
         labels = run.labels(ds)
         train_data = run.data_over(ds, labels, ds.train_list())
         test = ds.test_list()
-        ckpt = run.model_checkpoint(f"sup_{name}_train", train_data)
+        ckpt = run.model_checkpoint(f"sup_{name}_train", train_data, test)
         summary[name] = {}
         for c, k in views:
             r = run.eval_sub(f"sup_{name}_{c}x{k}", run.data_over(ds, labels, val=test), ckpt, (c, k),
@@ -360,7 +361,7 @@ def run_few_shot(run: ProtocolRun, datasets: Sequence[str] = ("hmdb51", "ucf101"
                 split, origin = _few_shot_file(run, ds, k, seed)
                 run.split_files[f"{name}_k{k}_s{seed}"] = {"train": str(split), "origin": origin, "test": str(test)}
                 sub = f"fs_{name}_k{k}_s{seed}"
-                ckpt = run.model_checkpoint(sub, run.data_over(ds, labels, split))
+                ckpt = run.model_checkpoint(sub, run.data_over(ds, labels, split), test)
                 r = run.eval_sub(f"{sub}_eval", run.data_over(ds, labels, val=test), ckpt, views,
                                  {"dataset": name, "shots": k, "seed": seed, "split_origin": origin})
                 per[name][k][seed] = r["top1"]
@@ -386,7 +387,8 @@ def run_zero_shot(run: ProtocolRun, train_dataset: str = "k400",
     ckpt = None
     if not run.eval_only and not run.checkpoint:
         ds = run.dataset(train_dataset)
-        ckpt = run.train_sub("zs_train", run.data_over(ds, run.labels(ds), ds.train_list()))
+        ckpt = run.train_sub("zs_train", run.data_over(ds, run.labels(ds), ds.train_list()),
+                             ds.test_list() if run.monitor else None)
     elif run.checkpoint:
         ckpt = run.checkpoint
     per: dict = {}
@@ -461,7 +463,8 @@ def run_base_to_novel(run: ProtocolRun, datasets: Sequence[str] = ("k400", "hmdb
         per[name] = {}
         for seed in seeds:
             sub = f"b2n_{name}_s{seed}"
-            ckpt = run.model_checkpoint(sub, run.data_over(ds, base_labels, files["train"][seed]))
+            ckpt = run.model_checkpoint(sub, run.data_over(ds, base_labels, files["train"][seed]),
+                                        files["base_val"])
             info = {"dataset": name, "seed": seed, "split_origin": origin}
             b = run.eval_sub(f"{sub}_base", run.data_over(ds, base_labels, val=files["base_val"]), ckpt, views,
                              dict(info, classes="base"))
