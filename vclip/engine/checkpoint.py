@@ -49,7 +49,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from vclip.errors import CheckpointError
+from vclip.errors import CheckpointError, VclipError
 from vclip.io import fsync_dir, fsync_file, set_default_mode
 
 __all__ = [
@@ -518,6 +518,35 @@ def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
     if not d.exists():
         raise CheckpointError(f"{d}: checkpoint not found")
     return _read_meta(d)
+
+
+def trained_config(path: str | os.PathLike, meta: Mapping[str, Any], *, verified: bool = True) -> dict | None:
+    """The resolved config (``RunConfig.to_dict()``) the checkpoint at ``path`` was trained with,
+    or None when unknown: the one its ``meta.json`` stores; else (an export, or a checkpoint of an
+    older vclip) the ``config.yaml`` inside it, then its run's ``config.yaml`` — that one only when
+    its digest equals the stored ``config_hash`` if ``verified`` (resume demands the exact config;
+    inference only compares the settings that shape the model)."""
+    if isinstance(meta.get("config"), dict):
+        return dict(meta["config"])
+    d = Path(path)
+    d = d.parent if d.is_file() else d
+    candidates = [(d / "config.yaml", False)]
+    if d.parent.name == "checkpoints":
+        candidates.append((d.parent.parent / "config.yaml", verified))
+    from vclip.config import load_config
+
+    for f, check_hash in candidates:
+        if not f.is_file():
+            continue
+        try:
+            cfg = load_config([str(f)])
+        except VclipError as e:
+            log.warning("%s: cannot read %s to compare it with this config (%s)", d, f, e)
+            return None
+        if check_hash and cfg.digest() != meta.get("config_hash"):
+            return None
+        return cfg.to_dict()
+    return None
 
 
 def _checkpoint_dir(path: str | os.PathLike) -> Path:

@@ -37,6 +37,7 @@ from typing import Any, Sequence
 import yaml
 
 from vclip.engine.checkpoint import META_FILE, MODEL_FILE, load_model_checkpoint, load_model_state
+from vclip.engine.checkpoint import trained_config as _trained_config
 from vclip.errors import CheckpointError, ConfigError, VclipError
 
 log = logging.getLogger(__name__)
@@ -153,21 +154,9 @@ def inference_config(ck: InferenceCheckpoint | None, files: Sequence[str] = (), 
 
 
 def trained_config(ck: InferenceCheckpoint) -> dict | None:
-    """The config the checkpoint was trained with, as ``RunConfig.to_dict()`` (None when unknown):
-    the one its ``meta.json`` stores, else the export's or the run's ``config.yaml``."""
-    from vclip.config import load_config
-
-    stored = ck.meta.get("config")
-    if isinstance(stored, dict):
-        return stored
-    for f in (ck.path / CONFIG_FILE, _run_config_file(ck)):
-        if f is not None and f.is_file():
-            try:
-                return load_config([str(f)]).to_dict()
-            except ConfigError as e:
-                log.warning("%s: cannot read %s to compare it with this config (%s)", ck.label, f, e)
-                return None
-    return None
+    """The config the checkpoint was trained with (``vclip.engine.checkpoint.trained_config``,
+    the run's ``config.yaml`` taken as it is now)."""
+    return _trained_config(ck.path, ck.meta, verified=False)
 
 
 def _get(d: dict, dotted: str) -> Any:

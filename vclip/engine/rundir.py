@@ -15,9 +15,9 @@ from typing import Any
 import torch
 
 from vclip.config import RunConfig, deep_merge, save_config
-from vclip.engine.checkpoint import CheckpointManager, read_checkpoint_meta
+from vclip.engine.checkpoint import CheckpointManager, read_checkpoint_meta, trained_config
 from vclip.engine.distributed import DistInfo, barrier
-from vclip.errors import CheckpointError, ConfigError, VclipError
+from vclip.errors import CheckpointError, ConfigError
 
 __all__ = ["RESUME_FREE_KEYS", "RUN_FILES", "any_rank", "config_changes", "prepare_run_dir"]
 
@@ -85,28 +85,10 @@ def _format_changes(changes: list[tuple[str, Any, Any]], limit: int = 8) -> str:
     return text + (f" and {len(changes) - limit} more" if len(changes) > limit else "")
 
 
-def _stored_config(path: Path, meta: dict) -> dict | None:
-    """The resolved config the checkpoint at ``path`` was trained with: stored in its meta.json, or
-    (checkpoints of an older vclip) its run's config.yaml when that matches the stored hash."""
-    if isinstance(meta.get("config"), dict):
-        return meta["config"]
-    run_cfg = (path.parent if path.is_file() else path).parent.parent / "config.yaml"
-    if meta.get("config_hash") and run_cfg.is_file():
-        from vclip.config import load_config
-
-        try:
-            old = load_config([str(run_cfg)])
-        except VclipError:
-            return None
-        if old.digest() == meta["config_hash"]:
-            return old.to_dict()
-    return None
-
-
 def _check_resume_config(cfg: RunConfig, path: Path, meta: dict, allow: bool) -> str | None:
     """Refuse (ConfigError, the differing keys listed) to resume ``path`` with a config other than
     the one it was trained with, unless ``allow``: then the line to log (None: no difference)."""
-    stored = _stored_config(path, meta)
+    stored = trained_config(path, meta, verified=True)
     if stored is not None:
         changes = config_changes(stored, cfg.to_dict())
         if not changes:
