@@ -185,10 +185,7 @@ def bench_arch(arch: str, args, device: torch.device) -> dict:
     out["ratio_vclip_over_hf"] = out["vclip"]["views_per_s"]["median"] / out["transformers"]["views_per_s"]["median"]
     print(f"{arch:9s} ratio vclip / transformers: {out['ratio_vclip_over_hf']:.3f} "
           f"(logits agree: fp32 rel. err. {check['rel_err_vclip_vs_hf_fp32']:.1e}, {args.dtype} {agree:.1e})")
-    del hf, method
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return out
+    return out  # the models go with this frame; the caller empties the CUDA cache
 
 
 def main(argv=None) -> int:
@@ -227,7 +224,13 @@ def main(argv=None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 checks are fp32
     import transformers
 
-    results = [bench_arch(a, args, device) for a in args.archs]
+    results = []
+    for a in args.archs:
+        results.append(bench_arch(a, args, device))
+        if args.compile:
+            torch._dynamo.reset()  # compiled graphs hold the last models
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     rec = record("xclip_vs_transformers", command_line(argv, prog="python benchmarks/bench_xclip_vs_hf.py")
                  if argv is not None else command_line(prog="python benchmarks/bench_xclip_vs_hf.py"), device,
                  transformers=transformers.__version__, settings=vars(args) | {"json": str(args.json)}, results=results)

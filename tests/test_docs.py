@@ -551,6 +551,10 @@ def classify(text: str, where: str) -> tuple[str, list[Token]]:
         raise DocError(f"{where}: python command of unknown kind: {text!r} (teach tests/test_docs.py)")
     if first == "make":
         return "make", toks
+    if first == "bash" and len(toks) > 1 and toks[1].value.startswith("benchmarks/"):
+        if not (ROOT / toks[1].value).is_file():
+            raise DocError(f"{where}: {toks[1].value} does not exist")
+        return "external", toks  # the script itself is run by its own test (tests/bench/test_gpu_suite.py)
     if first in EXTERNAL or re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", first):
         return "external", toks
     raise DocError(f"{where}: command of unknown kind: {text!r} (add it to EXTERNAL in tests/test_docs.py "

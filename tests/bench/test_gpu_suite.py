@@ -1,0 +1,90 @@
+"""The GPU suite (benchmarks/gpu_suite.sh) runs end to end in its CPU dry-run mode and is fail-soft:
+structure only, never timings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import gpu_suite_table  # noqa: E402
+
+PARTS = ["matmul_bf16", "xclip_vs_hf", "infer_b16", "train_b16_bf16", "train_b16_fp16", "infer_b16_compile",
+         "od_solver", "e2e_b16", "infer_b32_compile", "train_b16_compile"]
+
+
+def _suite(out: Path, budget: int) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHON=sys.executable, SUITE_BUDGET_S=str(budget), OMP_NUM_THREADS="1")
+    return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_suite.sh"), str(out), "--dry-run"],
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_dry_run_writes_every_part_and_the_table(tmp_path):
+    r = _suite(tmp_path, budget=480)
+    assert r.returncode == 0, r.stdout + r.stderr
+    parts = [line.split("\t") for line in (tmp_path / "parts.tsv").read_text().splitlines()]
+    assert [p[0] for p in parts] == PARTS
+    assert all(p[1] == "ok" for p in parts), (tmp_path / "suite.log").read_text()[-3000:]
+    suite = json.loads((tmp_path / "suite.json").read_text())
+    assert sorted(suite["records"]) == sorted(PARTS)
+    md = (tmp_path / "suite.md").read_text().splitlines()
+    rows = [line for line in md if line.startswith("| ") and not line.startswith("| part") and "---" not in line]
+    # one row per part, except the multi-row parts: X-CLIP vs transformers (2 per arch), the OD solver
+    # (1 per shape), end to end (4 stages + the bound)
+    assert {row.split(" | ")[0][2:] for row in rows} == set(PARTS)
+    assert sum(row.startswith("| xclip_vs_hf |") for row in rows) == 2
+    assert sum(row.startswith("| e2e_b16 |") for row in rows) == 5
+    assert all("no record" not in row and "unknown record" not in row for row in rows)
+    vs = next(row for row in rows if "— vclip" in row)
+    assert "rel err" in vs and float(vs.split("rel err ")[1].split(" ")[0]) < 1e-4
+
+
+def test_a_suite_out_of_time_still_writes_its_table(tmp_path):
+    r = _suite(tmp_path, budget=5)  # every part needs ≥ 10 s of budget: all are skipped, none run
+    assert r.returncode == 0, r.stdout + r.stderr
+    parts = [line.split("\t") for line in (tmp_path / "parts.tsv").read_text().splitlines()]
+    assert [p[0] for p in parts] == PARTS and {p[1] for p in parts} == {"skipped"}
+    md = (tmp_path / "suite.md").read_text()
+    assert md.count("| skipped |") == len(PARTS)
+
+
+def test_table_keeps_failed_timed_out_and_unreadable_parts(tmp_path, capsys):
+    (tmp_path / "parts.tsv").write_text(
+        "matmul_bf16\tok\t3\tvclip bench matmul\n"
+        "infer_b16\tfailed(rc=1)\t2\tvclip bench infer --arch ViT-B-16\n"
+        "train_b16_bf16\ttimeout\t75\tvclip bench train\n"
+        "od_solver\tok\t1\tpython benchmarks/bench_od_solver.py\n")
+    (tmp_path / "matmul.json").write_text(json.dumps({
+        "kind": "matmul", "machine": {"gpu": {"name": "GPU-X", "memory_gib": 80}, "cpu_count": 4, "torch": "t", "python": "p"},
+        "ceiling": {"dtype": "bf16", "n": 8192, "tflops": 700.4, "tflops_best": 790.2}}))
+    (tmp_path / "od_solver.json").write_text("{not json")
+    assert gpu_suite_table.main([str(tmp_path)]) == 0
+    md = (tmp_path / "suite.md").read_text()
+    assert md.startswith("Machine: GPU-X (80 GiB), 4 CPU cores; torch t, Python p.")
+    assert "| matmul_bf16 | 8192³ matmul bf16 | 700 TFLOP/s | best 790 |" in md
+    assert "| infer_b16 | – | failed(rc=1) | vclip bench infer --arch ViT-B-16 |" in md
+    assert "| train_b16_bf16 | – | timeout |" in md
+    assert "| od_solver | record | unreadable |" in md
+    assert sorted(json.loads((tmp_path / "suite.json").read_text())["records"]) == ["matmul_bf16"]
+    assert gpu_suite_table.main([str(tmp_path / "missing")]) == 2
+    assert "run benchmarks/gpu_suite.sh first" in capsys.readouterr().err
+
+
+def test_table_rows_for_inference_and_training_records():
+    rate = {"median": 1357.2, "min": 1313.0, "max": 1379.9}
+    infer = {"kind": "infer", "config": {"method": "xclip", "arch": "ViT-B-16", "batch": 64, "frames": 8, "dtype": "bf16",
+                                         "compile": True, "compile_mode": None},
+             "views_per_s": rate, "mfu": 0.505, "memory": {"peak_allocated_gib": 2.06}}
+    assert gpu_suite_table.rows_for("infer_b16_compile", infer) == [[
+        "infer_b16_compile", "infer xclip ViT-B-16 b64 8f bf16 compiled", "1,357 (1,313–1,380) views/s",
+        "2.1 GiB peak allocated, MFU 50.5%"]]
+    train = dict(infer, kind="train", clips_per_s=rate, mfu=None, memory={"peak_rss_gib": 0.5})
+    del train["views_per_s"]
+    assert gpu_suite_table.rows_for("t", train)[0][2:] == ["1,357 (1,313–1,380) clips/s", "0.50 GiB RSS (CPU)"]
