@@ -145,7 +145,7 @@ def count_flops(cfg: BenchConfig) -> dict | None:
     try:
         m = build_for_count(cfg.method, cfg.arch, cfg.frames, cfg.image_size)
         size = m.clip.config.vision.image_size
-        video = torch.empty(1, cfg.frames, 3, size, size, device="meta")
+        video = torch.empty(1, m.input_frames(), 3, size, size, device="meta")
         feats = torch.empty(cfg.classes, m.clip.config.embed_dim, device="meta")
         macs, per_module = count_macs(lambda: m.logits(m.encode_video(video), feats))
         paper = method_flops(cfg.method, cfg.arch, cfg.frames, cfg.image_size, num_texts=1)
@@ -201,7 +201,7 @@ def _mfu(flops_per_item: float | None, items_per_s: float, ceiling: dict | None)
 def _inputs(cfg: BenchConfig, method, device: torch.device, dtype):
     size = method.clip.config.vision.image_size
     g = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
-    video = torch.randn(cfg.batch, cfg.frames, 3, size, size, generator=g).to(device=device, dtype=dtype)
+    video = torch.randn(cfg.batch, method.input_frames(), 3, size, size, generator=g).to(device=device, dtype=dtype)
     labels = torch.randint(cfg.classes, (cfg.batch,), generator=g).to(device)
     return video, labels
 

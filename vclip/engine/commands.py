@@ -224,7 +224,7 @@ def _predict(args) -> int:
     vocab = make_vocabulary(cfg, names)
     d = cfg.data
     records = [VideoRecord(path=str(Path(v)), label=-1) for v in videos]
-    sampler = build_sampler(mode="segment" if d.sampling == "segments" else "dense", num_frames=d.num_frames,
+    sampler = build_sampler(mode="segment" if d.sampling == "segments" else "dense", num_frames=method.input_frames(),
                             interval=d.frame_interval, short_policy=d.short_video, test_mode=True)
     dataset = VideoDataset(records, None, None, sampler=sampler, transform=build_test_transform(
         input_size=d.image_size, num_crops=1, norm=d.normalize), backend=d.backend, on_bad_video="skip", train=False)

@@ -30,11 +30,21 @@ def _sampler_mode(cfg: RunConfig) -> str:
     return "segment" if cfg.data.sampling == "segments" else "dense"
 
 
+def sampled_frames(cfg: RunConfig) -> int:
+    """Frames decoded per view: the method's ``sampled_frames`` for ``data.num_frames`` (T; MoTED:
+    α·T dense frames in one clip, of which every α-th feeds CLIP), so one sampler call and one
+    decode serve every sampling a method needs."""
+    from vclip.methods import method_class
+
+    cls = method_class(cfg.model.method)
+    return cls.sampled_frames(cls.parse_options(cfg.model.options), cfg.data.num_frames)
+
+
 def train_dataset(cfg: RunConfig, names: list[str]) -> VideoDataset:
     d = cfg.data
     records = load_annotations(_path(d.train_list, "data.train_list"), class_names=names, subset=d.train_subset,
                                root=d.root)
-    sampler = build_sampler(mode=_sampler_mode(cfg), num_frames=d.num_frames, interval=d.frame_interval,
+    sampler = build_sampler(mode=_sampler_mode(cfg), num_frames=sampled_frames(cfg), interval=d.frame_interval,
                             short_policy=d.short_video, test_mode=False)
     a = d.aug
     transform = build_train_transform(
@@ -50,7 +60,7 @@ def eval_dataset(cfg: RunConfig, names: list[str], annotation: str | None = None
     d, e = cfg.data, cfg.eval
     path = annotation or d.val_list
     records = load_annotations(_path(path, "data.val_list"), class_names=names, subset=d.val_subset, root=d.root)
-    sampler = build_sampler(mode=_sampler_mode(cfg), num_frames=d.num_frames, interval=d.frame_interval,
+    sampler = build_sampler(mode=_sampler_mode(cfg), num_frames=sampled_frames(cfg), interval=d.frame_interval,
                             short_policy=d.short_video, num_clips=e.num_clips, test_mode=True,
                             compat_random_test_clips=e.compat_random_test_clips)
     transform = build_test_transform(input_size=d.image_size, num_crops=e.num_crops, norm=d.normalize)

@@ -14,6 +14,7 @@ from typing import Sequence
 from vclip.errors import ConfigError
 from vclip.methods.base import MethodOutput, VideoMethod, Vocabulary
 from vclip.methods.clip import CLIPMean
+from vclip.methods.moted import MoTED
 from vclip.methods.ost import OST
 from vclip.methods.vificlip import ViFiCLIP
 from vclip.methods.xclip import XCLIP
@@ -25,6 +26,7 @@ METHODS: dict[str, type[VideoMethod]] = {
     "vificlip": ViFiCLIP,
     "xclip": XCLIP,
     "ost": OST,
+    "moted": MoTED,
 }
 
 

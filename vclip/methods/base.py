@@ -198,11 +198,19 @@ class VideoMethod(nn.Module):
         names = tuple(f"class {i}" for i in range(num_classes))
         return Vocabulary(names, cls.default_templates)
 
+    @classmethod
+    def sampled_frames(cls, options, num_frames: int) -> int:
+        """Frames the sampler delivers per view for T = ``num_frames`` under ``options`` (the
+        method's parsed options or a config mapping), known before the model is built: the data
+        path (``vclip.engine.data``, ``vclip predict``) asks this. Override it, not
+        :meth:`input_frames`, when a method samples more than T frames."""
+        return num_frames
+
     def input_frames(self, num_frames: int | None = None) -> int:
         """Frames the sampler delivers per view for ``num_frames`` (default: the method's T). One
         video tensor carries every sampling a method needs (MoTED: α·T dense frames, of which every
-        α-th feeds CLIP)."""
-        return num_frames or self.num_frames
+        α-th feeds CLIP). Defaults to :meth:`sampled_frames` with this model's options."""
+        return type(self).sampled_frames(self.options, num_frames or self.num_frames)
 
     # ------------------------------------------------------------------ freezing
     def freeze(self, *, text: bool | None = None, vision: bool | None = None,
