@@ -258,6 +258,19 @@ def test_token_merging_in_the_local_motion_blocks():
     assert m(clip_video(), Vocabulary(NAMES)).logits.shape == (2, 3)
 
 
+def test_temporal_positions_let_an_8_frame_model_score_32_frames():
+    """Zero-shot at 32 frames with the 8-frame model: same parameter shapes, embeddings interpolated;
+    at T = 8 the interpolation is the identity."""
+    m8 = perturb(tiny(t=8, temporal_positions=8)).eval()
+    m32 = tiny(t=32, temporal_positions=8).eval()
+    m32.load_state_dict(m8.state_dict())
+    vocab = Vocabulary(NAMES)
+    with torch.no_grad():
+        assert m32(clip_video(n=64), vocab).logits.shape == (2, 3)
+        torch.testing.assert_close(m32(clip_video(n=16), vocab).logits, m8(clip_video(n=16), vocab).logits)
+    assert tiny(t=4).motion_encoder.temporal_embedding.shape[0] == 4   # default: T positions
+
+
 def test_options_are_checked():
     with pytest.raises(ConfigError, match="model.options.lme_merge: merging mixes"):
         MoTED.parse_options({"lme_merge": 8})
@@ -418,3 +431,24 @@ def test_a_class_missing_from_the_description_files_is_named(tmp_path):
     with pytest.raises(ConfigError, match="holds 'moted-conceptual' descriptors, expected 'moted-discriminative'"):
         MoTED.vocabulary_descriptors({"discriminative_descriptions": str(a)}, ["x"])
     assert MoTED.vocabulary_descriptors({}, ["x"]) is None   # fallback: the class name alone
+
+
+def test_shipped_configs_parse_and_pin_the_recipe():
+    from vclip.config import load_config
+    from vclip.methods import check_config
+
+    root = Path(__file__).parents[2] / "configs" / "moted"
+    files = sorted(root.glob("*.yaml"))
+    assert {f.stem for f in files} >= {"fully_supervised_k400", "fully_supervised_ssv2", "zeroshot_k400", "fewshot",
+                                       "base_to_novel"}
+    for f in files:
+        cfg = load_config([str(f)])
+        assert check_config(cfg) is MoTED and cfg.model.freeze_text and cfg.model.freeze_vision, f
+        assert cfg.data.num_frames == 8 and cfg.train.loss_weights == {"motion": 1.0, "video": 1.0}, f
+    k400 = load_config([str(root / "fully_supervised_k400.yaml")])
+    ssv2 = load_config([str(root / "fully_supervised_ssv2.yaml")])
+    assert (k400.model.options["pooling_layers"], ssv2.model.options["pooling_layers"]) == (4, 2)
+    assert (k400.eval.num_clips, k400.eval.num_crops) == (3, 1) and k400.train.lr == 3.2e-5
+    assert ssv2.data.aug.flip == 0.0
+    zs = load_config([str(root / "zeroshot_k400.yaml")])
+    assert zs.model.options["temporal_positions"] == 8 and len(zs.model.options["conceptual_descriptions"]) == 4

@@ -97,6 +97,10 @@ class MoTEDOptions:
     vision_fusion: bool = True
     #: heads of the adapter and fusion attentions (joint-space width); None = E / 64
     fusion_heads: Optional[int] = None
+    #: length of the learnable temporal position embeddings (stem, GME, pooling); None = T
+    #: (data.num_frames). At another T they are interpolated linearly, so a model trained at 8
+    #: frames evaluates at 32 (zero-shot) when this is set to 8 in both configs
+    temporal_positions: Optional[int] = None
 
 
 def _heads(dim: int, heads: int | None) -> int:
@@ -351,10 +355,11 @@ class MoTED(VideoMethod):
         v, e = clip.config.vision, clip.config.embed_dim
         width, heads = o.motion_width, _heads(o.motion_width, o.motion_heads)
         fheads = _heads(e, o.fusion_heads)
+        positions = o.temporal_positions or num_frames
         self.motion_encoder = MotionEncoder(v.width, width, heads, v.layers, v.patch_size,
-                                            v.image_size // v.patch_size, o.alpha, num_frames, o.mlp_ratio,
+                                            v.image_size // v.patch_size, o.alpha, positions, o.mlp_ratio,
                                             o.lme_merge)
-        self.motion_pooling = QueryPooling(width, heads, o.pooling_layers, num_frames) if o.pooling == "query" else None
+        self.motion_pooling = QueryPooling(width, heads, o.pooling_layers, positions) if o.pooling == "query" else None
         self.motion_ln = LayerNorm(width)
         self.motion_proj = nn.Linear(width, e, bias=False)
         self.vision_fusion = VisionFusion(width, e, fheads) if o.vision_fusion else None
@@ -398,7 +403,7 @@ class MoTED(VideoMethod):
         for key in ("alpha", "motion_width", "pooling_layers", "num_discriminative"):
             if getattr(o, key) < 1:
                 raise ConfigError(f"model.options.{key}: must be >= 1, got {getattr(o, key)}")
-        for key in ("motion_heads", "fusion_heads"):
+        for key in ("motion_heads", "fusion_heads", "temporal_positions"):
             if getattr(o, key) is not None and getattr(o, key) < 1:
                 raise ConfigError(f"model.options.{key}: must be >= 1 or null, got {getattr(o, key)}")
         heads = _heads(o.motion_width, o.motion_heads)
