@@ -871,7 +871,7 @@ def setup_hooks(tmp: Path) -> dict:
 
 
 def check_taps(ns: dict) -> None:
-    assert len(ns["taps"]) == 12 and tuple(ns["taps"][11].shape) == (2, 197, 32)
+    assert len(ns["taps"]) == 12 and tuple(ns["taps"][11].shape) == (2, 32)
 
 
 def check_merging(ns: dict) -> None:
@@ -888,7 +888,7 @@ PYTHON_SETUP = {
     ("docs/datasets.md", "read_kinetics_csv("): (setup_kinetics, check_kinetics),
     ("docs/datasets.md", "activitynet_class_names("): (setup_activitynet, check_activitynet),
     ("docs/methods/xclip.md", 'load_xclip("k400_32_8.pth"'): (setup_xclip, check_xclip),
-    ("docs/architecture.md", "LayerTaps(range(12))"): (setup_hooks, check_taps),
+    ("docs/architecture.md", 'LayerTaps(at="input", class_token=True)'): (setup_hooks, check_taps),
     ("docs/architecture.md", "TokenMerging(r=8, layers=12)"): (setup_hooks, check_merging),
 }
 
