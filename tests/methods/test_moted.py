@@ -271,6 +271,27 @@ def test_temporal_positions_let_an_8_frame_model_score_32_frames():
     assert tiny(t=4).motion_encoder.temporal_embedding.shape[0] == 4   # default: T positions
 
 
+def test_gradient_checkpointing_and_bf16_autocast():
+    """model.grad_checkpointing recomputes the temporal blocks too: the same gradients; a bf16
+    autocast step runs and gives finite terms."""
+    vocab, y = Vocabulary(NAMES, descriptors=DESCRIPTORS), torch.tensor([0, 2])
+    grads = []
+    for ckpt in (False, True):
+        m = perturb(tiny()).train()
+        m.clip.set_grad_checkpointing(ckpt)
+        out = m(clip_video(), vocab, y)
+        (out.losses["motion"] + out.losses["video"]).backward()
+        assert m.motion_encoder.grad_checkpointing is ckpt
+        grads.append({n: p.grad for n, p in m.named_parameters() if p.grad is not None})
+    for n, g in grads[0].items():
+        torch.testing.assert_close(grads[1][n], g, rtol=1e-5, atol=1e-7, msg=n)
+    m = perturb(tiny()).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(clip_video(), vocab, y)
+    assert all(torch.isfinite(v) for v in out.losses.values())
+    sum(out.losses.values()).backward()
+
+
 def test_options_are_checked():
     with pytest.raises(ConfigError, match="model.options.lme_merge: merging mixes"):
         MoTED.parse_options({"lme_merge": 8})
@@ -424,8 +445,16 @@ def test_a_class_missing_from_the_description_files_is_named(tmp_path):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     write_descriptors(a, DescriptorSet("moted-conceptual", ["x"], [["x concept"]]))
     write_descriptors(b, DescriptorSet("moted-conceptual", ["x", "y"], [["other"], ["y concept"]]))
+    c = tmp_path / "c.json"
+    write_descriptors(c, DescriptorSet("moted-conceptual", ["z"], [["z concept"]]))
+    got = MoTED.vocabulary_descriptors({"conceptual_descriptions": [str(a), str(b), str(c)]}, ["x", "y", "z"])
+    assert got == (("x concept",), ("y concept",), ("z concept",))   # no file has all: per class, the first
     got = MoTED.vocabulary_descriptors({"conceptual_descriptions": [str(a), str(b)]}, ["x", "y"])
-    assert got == (("x concept",), ("y concept",))          # first file that has the class wins
+    assert got == (("other",), ("y concept",))              # b covers the vocabulary
+    got = MoTED.vocabulary_descriptors({"conceptual_descriptions": [str(a), str(b)]}, ["x"])
+    assert got == (("x concept",),)                         # a file covering the vocabulary wins
+    got = MoTED.vocabulary_descriptors({"conceptual_descriptions": [str(b), str(a)]}, ["x"])
+    assert got == (("other",),)
     with pytest.raises(ConfigError, match=r"conceptual_descriptions: no moted-conceptual descriptions for class 'z'"):
         MoTED.vocabulary_descriptors({"conceptual_descriptions": str(a)}, ["x", "z"])
     with pytest.raises(ConfigError, match="holds 'moted-conceptual' descriptors, expected 'moted-discriminative'"):

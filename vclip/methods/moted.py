@@ -47,6 +47,7 @@ from typing import Any, Literal, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from vclip.backbone.hooks import ForwardState, LayerTaps, TokenMerging, parse_merge_schedule
 from vclip.backbone.model import MLP, Attention, LayerNorm, ResidualAttentionBlock
@@ -83,8 +84,9 @@ class MoTEDOptions:
     #: the test-time score: S_v, or S_v + S_m
     predict: Literal["video", "video+motion"] = "video"
     #: description files written by `vclip describe --kind moted-conceptual` / `moted-discriminative`
-    #: (one path, or a list: a class is taken from the first file that has it, e.g. one file per
-    #: dataset of a zero-shot run); neither set: each class is described by its name alone
+    #: (one path, or a list, e.g. one file per dataset of a zero-shot run: the first file covering
+    #: every class is used, else per class the first file that has it); neither set: each class is
+    #: described by its name alone
     conceptual_descriptions: Union[str, list[str], None] = None
     discriminative_descriptions: Union[str, list[str], None] = None
     #: discriminative descriptions used per class (the first k of the file's; paper: 5)
@@ -176,6 +178,8 @@ class MotionEncoder(nn.Module):
                                     for _ in range(layers))
         schedule = parse_merge_schedule(merge, layers)
         self.merging = TokenMerging(schedule, layers, class_token=False) if any(schedule) else None
+        #: recompute each temporal block in the backward pass (set with CLIP's: model.grad_checkpointing)
+        self.grad_checkpointing = False
 
     def forward(self, dense: torch.Tensor, taps: Sequence[torch.Tensor]):
         b, n = dense.shape[:2]
@@ -193,7 +197,10 @@ class MotionEncoder(nn.Module):
             z = h.on_embed(z, state)
         size = None
         for i, block in enumerate(self.blocks):
-            z, size = block(z, taps[i].to(z.dtype), size, hooks, state, i)
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                z, size = checkpoint(block, z, taps[i].to(z.dtype), size, hooks, state, i, use_reentrant=False)
+            else:
+                z, size = block(z, taps[i].to(z.dtype), size, hooks, state, i)
         return z, size
 
 
@@ -304,13 +311,14 @@ def _paths(value) -> list[str]:
 
 def read_descriptions(paths: Sequence[str], class_names: Sequence[str], kind: str, key: str,
                       count: int | None = None) -> list[list[str]]:
-    """Per class, its descriptions of ``kind`` from the first file in ``paths`` that has the class
-    (vclip files written by ``vclip describe``); the first ``count`` of them when given. Errors name
-    ``model.options.<key>``, the file and the class."""
+    """Per class, its descriptions of ``kind`` (vclip files written by ``vclip describe``): all from
+    the first file in ``paths`` that covers every class (its discriminative neighbours were chosen
+    within one vocabulary), else per class from the first file that has it; the first ``count`` of
+    them when given. Errors name ``model.options.<key>``, the file and the class."""
     from vclip.errors import AnnotationError
     from vclip.text.descriptors import read_descriptors
 
-    table: dict[str, list[str]] = {}
+    tables: list[dict[str, list[str]]] = []
     for path in paths:
         try:
             ds = read_descriptors(path, None, kind=kind)
@@ -319,8 +327,13 @@ def read_descriptions(paths: Sequence[str], class_names: Sequence[str], kind: st
         if not ds.kind:
             raise ConfigError(f"model.options.{key}: {path} is not a vclip description file (write it with "
                               f"`vclip describe --kind {kind}`)")
-        for name, texts in zip(ds.class_names, ds.texts()):
-            table.setdefault(name, list(texts))
+        tables.append({name: list(texts) for name, texts in zip(ds.class_names, ds.texts())})
+    table = next((t for t in tables if all(c in t for c in class_names)), None)
+    if table is None:
+        table = {}
+        for t in tables:
+            for name, texts in t.items():
+                table.setdefault(name, texts)
     out = []
     for name in class_names:
         if name not in table:
@@ -482,6 +495,7 @@ class MoTED(VideoMethod):
         if o.tap_offset == 1:
             x = x[1:] + [out.tokens[:, 0]]
         f = out.embeds.view(b, t, -1)
+        self.motion_encoder.grad_checkpointing = self.clip.visual.transformer.grad_checkpointing
         z, size = self.motion_encoder(video, [xi.view(b, t, -1) for xi in x])
         if self.motion_pooling is not None:
             pooled = self.motion_pooling(z, t)
