@@ -16,6 +16,7 @@ from vclip.methods.base import MethodOutput, VideoMethod, Vocabulary
 from vclip.methods.clip import CLIPMean
 from vclip.methods.ost import OST
 from vclip.methods.vificlip import ViFiCLIP
+from vclip.methods.vilt import ViLTCLIP
 from vclip.methods.xclip import XCLIP
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ METHODS: dict[str, type[VideoMethod]] = {
     "vificlip": ViFiCLIP,
     "xclip": XCLIP,
     "ost": OST,
+    "vilt": ViLTCLIP,
 }
 
 
