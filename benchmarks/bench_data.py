@@ -167,7 +167,7 @@ def main(argv=None) -> int:
         machine["ffmpeg"] = ".".join(str(x) for x in av.library_versions.get("libavcodec", ()))
     except Exception:
         pass
-    out = {"source": source, "videos": len(videos), "megabytes": round(mb, 2), "machine": machine, "results": results}
+    out = {"kind": "decode", "source": source, "videos": len(videos), "megabytes": round(mb, 2), "machine": machine, "results": results}
     print(json.dumps(machine))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))

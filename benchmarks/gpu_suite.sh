@@ -74,6 +74,8 @@ part train_b16_fp16       75 "${VCLIP[@]}" bench train --arch "$A16" --batch "$B
 part infer_b16_compile    150 "${VCLIP[@]}" bench infer --arch "$A16" --batch "$B" --frames "$F" --classes "$K" "${DEV[@]}" "${NOMFU[@]}" \
                               --dtype "$DT" "${C[@]}" --json "$J/infer_b16_compile.json"
 part od_solver            60 "$PY" benchmarks/bench_od_solver.py "${OD[@]}" --json "$J/od_solver.json"
+part decode_1proc         60 "$PY" benchmarks/bench_data.py --backends pyav --num-videos "$( ((DRY)) && echo 2 || echo 8)" \
+                              --repeats 3 --json "$J/decode_1proc.json"
 part e2e_b16              150 "$PY" benchmarks/bench_end_to_end.py --source "$ESRC" --videos "$V" --workers "$W" \
                               --arch "$EA" --batch "$B" --frames "$F" --dtype "$DT" "${DEV[@]}" --epochs 2 \
                               --json "$J/e2e_b16.json"

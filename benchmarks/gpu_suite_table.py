@@ -25,6 +25,7 @@ RECORDS = {
     "train_b16_fp16": "train_b16_fp16.json",
     "infer_b16_compile": "infer_b16_compile.json",
     "od_solver": "od_solver.json",
+    "decode_1proc": "decode_1proc.json",
     "e2e_b16": "e2e_b16.json",
     "infer_b32_compile": "infer_b32_compile.json",
     "train_b16_compile": "train_b16_bf16_compile.json",
@@ -84,6 +85,10 @@ def rows_for(name: str, r: dict) -> list[list[str]]:
         if "bound" in res:
             out.append([name, "end to end bound by", str(res["bound"]), f"e2e / slowest stage = {res.get('e2e_over_min_stage', 0):.2f}"])
         return out
+    if kind == "decode":  # bench_data.py: one process, no DataLoader
+        return [[name, f"decode, one process, {x['backend']} ({r['source'].split(' (')[0]})",
+                 f"{x['clips_per_s_T8']:.1f} clips/s (T = 8)", f"T = 32: {x['clips_per_s_T32']:.1f} clips/s"]
+                for x in r["results"]]
     if "head" in r:  # bench_od_solver
         return [[name, f"OST OD solver B={h['B']} T={h['T']} K={h['K']} N={h['N']}",
                  f"{h['od_ms_per_video']:.3f} ms/video", f"names-only head {h['names_ms_per_video']:.3f} ms/video"]

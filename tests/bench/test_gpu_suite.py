@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import gpu_suite_table  # noqa: E402
 
 PARTS = ["matmul_bf16", "xclip_vs_hf", "infer_b16", "train_b16_bf16", "train_b16_fp16", "infer_b16_compile",
-         "od_solver", "e2e_b16", "infer_b32_compile", "train_b16_compile"]
+         "od_solver", "decode_1proc", "e2e_b16", "infer_b32_compile", "train_b16_compile"]
 
 
 def _suite(out: Path, budget: int) -> subprocess.CompletedProcess:

@@ -184,7 +184,8 @@ class DeepPrompts(TowerHook):
             return torch.cat([x, p], dim=1)
         n = self.n_ctx
         if state.eot_index is not None:
-            longest = int(state.eot_index.max())
+            # (no values on the meta device, where FLOPs are counted: the check needs the lengths)
+            longest = -1 if state.eot_index.is_meta else int(state.eot_index.max())
             if longest + n >= x.shape[1]:
                 raise ValueError(
                     f"text of {longest + 1} tokens plus {n} prompt tokens exceeds the context length {x.shape[1]}"

@@ -390,9 +390,15 @@ class CLIP(nn.Module):
         nn.init.normal_(self.text.positional_embedding, std=0.01)
         nn.init.normal_(self.text.text_projection, std=self.text.transformer.width**-0.5)
 
-    def set_grad_checkpointing(self, enabled: bool = True) -> None:
-        self.visual.transformer.grad_checkpointing = enabled
-        self.text.transformer.grad_checkpointing = enabled
+    def set_grad_checkpointing(self, enabled: bool = True, towers: Sequence[str] = ("visual", "text")) -> None:
+        """Gradient checkpointing per block in the named towers (``"visual"``, ``"text"``; default
+        both). E.g. ``towers=("text",)`` when the text tower re-encodes a large vocabulary with
+        gradients at every step (deep text prompts) and the image tower is cheap to keep."""
+        unknown = [t for t in towers if t not in ("visual", "text")]
+        if unknown:
+            raise ValueError(f"set_grad_checkpointing: unknown tower(s) {unknown}; expected 'visual' and/or 'text'")
+        for name in towers:
+            getattr(self, name).transformer.grad_checkpointing = enabled
 
     def encode_image(self, pixels: torch.Tensor, normalize: bool = False, hooks: Sequence[TowerHook] = ()) -> torch.Tensor:
         e = self.visual(pixels, hooks).embeds

@@ -17,6 +17,7 @@ from vclip.methods.clip import CLIPMean
 from vclip.methods.moted import MoTED
 from vclip.methods.ost import OST
 from vclip.methods.vificlip import ViFiCLIP
+from vclip.methods.vilt import ViLTCLIP
 from vclip.methods.xclip import XCLIP
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ METHODS: dict[str, type[VideoMethod]] = {
     "vificlip": ViFiCLIP,
     "xclip": XCLIP,
     "ost": OST,
+    "vilt": ViLTCLIP,
     "moted": MoTED,
 }
 

@@ -41,6 +41,12 @@ class FlopReport:
     #: temporal clips × spatial crops, and the total over them (the papers' "× views" figures)
     views: tuple = (1, 1)
     gflops_per_video: float = 0.0
+    #: methods whose class features train (``text_side_modules``: deep text prompts) re-encode every
+    #: class at every training step: the text tower's forward GFLOPs per class (None otherwise)
+    text_gflops_per_class: float | None = None
+    #: with ``train_classes`` C: C × the above, the text tower's forward cost of one training step
+    train_classes: int = 0
+    text_gflops_per_train_step: float | None = None
 
     def line(self) -> str:
         parts = ", ".join(f"{k} {v:.1f}" for k, v in self.parts.items())
@@ -48,9 +54,16 @@ class FlopReport:
                                                else "")
         c, k = self.views
         texts = f"{self.num_texts} text{'s' if self.num_texts != 1 else ''}" if self.num_texts else "no text"
+        text_step = ""
+        if self.text_gflops_per_class is not None:
+            text_step = (f"; training re-encodes every class at every step: text tower {self.text_gflops_per_class:.2f} "
+                         "GFLOPs forward per class")
+            if self.train_classes:
+                text_step += f", {self.text_gflops_per_train_step:.1f} per step for {self.train_classes} classes"
         return (f"{self.method} {self.arch}, {frames} × {self.image_size} px + {texts}: "
                 f"{self.gflops:.1f} GFLOPs per view ({parts}); {c}×{k} views: {self.gflops_per_video:.1f} GFLOPs per "
-                "video — fvcore convention: 1 multiply-add = 1 FLOP, attention matmuls counted, element-wise ops not")
+                f"video{text_step} — fvcore convention: 1 multiply-add = 1 FLOP, attention matmuls counted, "
+                "element-wise ops not")
 
 
 def _math_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
@@ -120,13 +133,17 @@ def _count(method, arch, num_frames, image_size, options, num_texts, device):
 
 
 def method_flops(method: str = "xclip", arch: str = "ViT-B-16", num_frames: int = 8, image_size: int | None = None,
-                 num_texts: int = 1, options: dict | None = None, views: tuple[int, int] = (1, 1)) -> FlopReport:
+                 num_texts: int = 1, options: dict | None = None, views: tuple[int, int] = (1, 1),
+                 train_classes: int = 0) -> FlopReport:
     """GFLOPs (multiply-adds) of one view — one video with the frames the method samples for
     ``num_frames`` (``VideoMethod.input_frames``) and ``num_texts`` classes of the method's stand-in
     vocabulary (``example_vocabulary``: descriptors, corpora sized by ``options``) — and of one
-    video over ``views`` (clips × crops). ``num_texts=0`` leaves the text side out."""
-    if num_frames < 1 or num_texts < 0:
-        raise ConfigError(f"frames must be >= 1 and texts >= 0, got {num_frames} and {num_texts}")
+    video over ``views`` (clips × crops). ``num_texts=0`` leaves the text side out. For a method
+    with ``text_side_modules`` the text tower's forward cost per class of a training step is added
+    (and its total for ``train_classes`` classes)."""
+    if num_frames < 1 or num_texts < 0 or train_classes < 0:
+        raise ConfigError(f"frames must be >= 1, texts and train classes >= 0, got {num_frames}, {num_texts} "
+                          f"and {train_classes}")
     try:
         m, frames, total, per_module = _count(method, arch, num_frames, image_size, options, num_texts, "meta")
     except (RuntimeError, NotImplementedError):
@@ -137,10 +154,22 @@ def method_flops(method: str = "xclip", arch: str = "ViT-B-16", num_frames: int 
     image = per_module.get("VisionTransformer", 0)
     text = per_module.get("TextTransformer", 0)
     parts = {"image tower": image / 1e9, "text tower": text / 1e9, "rest": (total - image - text) / 1e9}
+    per_class = per_step = None
+    if type(m).text_side_modules:
+        if num_texts:
+            per_class = text / num_texts / 1e9
+        else:
+            try:
+                one = _count(method, arch, num_frames, image_size, options, 1, "meta")[3]
+            except (RuntimeError, NotImplementedError):
+                one = _count(method, arch, num_frames, image_size, options, 1, "cpu")[3]
+            per_class = one.get("TextTransformer", 0) / 1e9
+        per_step = train_classes * per_class
     c, k = views
     return FlopReport(method=method, arch=arch, num_frames=num_frames, input_frames=frames, image_size=size,
                       num_texts=num_texts, gflops=total / 1e9, parts=parts, views=(c, k),
-                      gflops_per_video=c * k * total / 1e9)
+                      gflops_per_video=c * k * total / 1e9, text_gflops_per_class=per_class,
+                      train_classes=train_classes, text_gflops_per_train_step=per_step)
 
 
 def register(subparsers) -> None:
@@ -156,6 +185,9 @@ def register(subparsers) -> None:
                    help="class sentences counted with the view (default 1, as the papers; 0 leaves the text "
                         "side out; methods whose cost grows with the classes: their number)")
     p.add_argument("--views", default="1x1", help="temporal clips × spatial crops for the per-video total (e.g. 4x3)")
+    p.add_argument("--train-classes", type=int, default=0, metavar="C",
+                   help="methods whose class features train (deep text prompts): also the text tower's forward "
+                        "cost of one training step over C classes")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option (model.options.KEY), e.g. a corpus size; repeatable")
     p.add_argument("--json", action="store_true", help="print a JSON object")
@@ -166,15 +198,16 @@ def _flops(args) -> int:
     from vclip.config import parse_override
     from vclip.protocols.runner import parse_views
 
-    if args.frames < 1 or args.texts < 0:
-        raise ConfigError("--frames must be >= 1 and --texts >= 0")
+    if args.frames < 1 or args.texts < 0 or args.train_classes < 0:
+        raise ConfigError("--frames must be >= 1, --texts and --train-classes >= 0")
     (views,) = parse_views(args.views) if "," not in args.views else (None,)
     if views is None:
         raise ConfigError(f"--views: one CLIPSxCROPS value such as 4x3, got {args.views!r}")
     options: dict = {}
     for o in args.option:
         options.update(parse_override(o))
-    r = method_flops(args.method, args.arch, args.frames, args.image_size, args.texts, options, views)
+    r = method_flops(args.method, args.arch, args.frames, args.image_size, args.texts, options, views,
+                     args.train_classes)
     if args.json:
         print(json.dumps({**r.__dict__, "convention": "fvcore: 1 multiply-add = 1 FLOP"}, indent=2))
     else:

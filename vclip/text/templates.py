@@ -10,8 +10,10 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "bare": ("{}",),
     # ViFi-CLIP's fine-tuning text (CTX_INIT)
     "vificlip": ("a photo of a {}.",),
-    # ViLT-CLIP's hand-crafted video prompt
+    # the class-name prompt of OST's official code ("a video of a person {}.", without "doing")
     "video": ("a video of a person {}.",),
+    # ViLT-CLIP's scenario template (Implementation Details and Eq. 12's paragraph)
+    "vilt": ("a video of a person doing {}.",),
     # ActionCLIP's 16 templates (sallymmx/ActionCLIP utils/Text_Prompt.py), the usual ensemble
     "actionclip16": (
         "a photo of action {}", "a picture of action {}", "Human action of {}", "{}, an action",
