@@ -97,6 +97,7 @@ def test_bench_token_merging_side_by_side(tmp_path, capsys, one_thread):
     assert (v0["r"], v2["r"]) == (0, 2) and len(v0["runs_s"]) == len(v2["runs_s"]) == 2
     assert v0["speedup"] == 1.0 and _positive(v2["speedup"]) and _positive(v2["views_per_s"])
     assert v2["speedup"] == pytest.approx(v0["median_s"] / v2["median_s"])
+    assert v0["speedup_cpu_time"] == 1.0 and _positive(v2["median_cpu_s"]) and len(v2["cpu_runs_s"]) == 2
     # same weights and inputs: r = 0 is the reference, r = 2 changes the logits
     assert v0["max_abs_logit_change"] == 0 and v2["max_abs_logit_change"] > 0
     for bad in ("0,x", "0,0", "-1"):

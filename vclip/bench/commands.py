@@ -178,7 +178,8 @@ def summary(rec: dict) -> str:
                  "token merging side by side (runs alternating):"]
         for v in rec["token_merging"]["variants"]:
             lines.append(f"  r = {v['r']:>2}: {v['views_per_s']:.3f} views/s, {1000 * v['median_s']:.1f} ms per call "
-                         f"(median of {len(v['runs_s'])}); speed-up × {v['speedup']:.2f}")
+                         f"(median of {len(v['runs_s'])}); speed-up × {v['speedup']:.2f} wall-clock, "
+                         f"× {v['speedup_cpu_time']:.2f} in CPU time ({1000 * v['median_cpu_s']:.1f} ms)")
         return "\n".join(lines)
     t = rec["timing"]
     unit, rate = ("views/s", rec["views_per_s"]) if rec["kind"] == "infer" else ("clips/s", rec["clips_per_s"])
