@@ -274,3 +274,32 @@ def test_alt_trains_evaluates_and_predicts_through_the_cli(synth, tmp_path, caps
 
 def test_registered():
     assert METHODS["alt"] is ALT
+
+
+def test_options_change_what_they_say():
+    vocab = Vocabulary(NAMES)
+    base = tiny_alt().eval()
+    with torch.no_grad():
+        ref = base(video(), vocab).logits
+    for opts in ({"query_pool": "mean"}, {"chain_conv": True}, {"decoder_layers": 2}, {"conv_kernel": 1}):
+        m = tiny_alt(**opts).eval()
+        with torch.no_grad():
+            out = m(video(), vocab).logits
+        assert out.shape == ref.shape and (out - ref).abs().max() > 1e-6, opts
+    assert tiny_alt(query_pool="mean").query_mlp.in_features == 32
+    # align_scale multiplies the cosines by exp(logit_scale) > 0: the same argmax at evaluation
+    m = tiny_alt(align_scale=True).eval()
+    with torch.no_grad():
+        assert torch.equal(m(video(), vocab).logits, ref)
+    # gumbel_at_eval: noisy assignments in eval mode too
+    m = tiny_alt(gumbel_at_eval=True).eval()
+    with torch.no_grad():
+        torch.manual_seed(0)
+        a = m(video(), vocab).aux["assignment"]
+        b = m(video(), vocab).aux["assignment"]
+    assert not torch.equal(a, b)
+    for bad, match in [({"r": -1}, r"model\.options\.r"), ({"tau": 0}, r"model\.options\.tau"),
+                       ({"conv_kernel": 2}, "conv_kernel"), ({"label_entities": False}, "empty"),
+                       ({"query_pool": "max"}, "query_pool")]:
+        with pytest.raises(ConfigError, match=match):
+            ALT.parse_options(bad)

@@ -106,3 +106,45 @@ def test_flops_with_token_merging(capsys):
     assert plain.gflops == pytest.approx(140.51, abs=0.01) and merged.gflops == pytest.approx(104.87, abs=0.01)
     assert main(["flops", "--method", "xclip", "--token-merging", "8", "--texts", "0", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["parts"]["image tower"] < 0.8 * plain.gflops
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from vclip.data.synthetic import SynthConfig, generate
+
+    out = tmp_path_factory.mktemp("synth")
+    generate(out, SynthConfig(size=(32, 32), frames=4, videos_per_class=4, val_fraction=0.25, seed=0))
+    return out
+
+
+def test_a_checkpoint_trained_with_merging_is_evaluated_with_merging(synth, tmp_path):
+    """The run config's model.token_merging travels with the checkpoint: the model rebuilt for
+    evaluation merges, and its logits equal the trained model's."""
+    import yaml
+
+    from vclip.config import load_config
+    from vclip.engine.inference import build_for_checkpoint, inference_config, open_checkpoint
+    from vclip.engine.trainer import train
+
+    cfg = {
+        "name": "tm", "output_dir": str(tmp_path / "runs"), "device": "cpu",
+        "model": {"method": "clip", "arch": "tiny", "token_merging": {"r": 2}},
+        "data": {"root": str(synth), "train_list": str(synth / "train.txt"), "val_list": str(synth / "val.txt"),
+                 "labels": str(synth / "labels.csv"), "num_frames": 4, "image_size": 32, "batch_size": 6,
+                 "num_workers": 0, "aug": {"flip": 0.0, "color_jitter": 0.0, "grayscale": 0.0, "mixup": 0.0,
+                                           "cutmix": 0.0, "label_smoothing": 0.0}},
+        "train": {"epochs": 1, "max_steps": 1, "lr": 1e-4, "warmup_epochs": 0, "precision": "fp32"},
+        "eval": {"confusion_png": False},
+    }
+    path = tmp_path / "tm.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    train(load_config([str(path)]))
+    ck = open_checkpoint(tmp_path / "runs/tm/checkpoints/last")
+    m = build_for_checkpoint(inference_config(ck), ck)
+    assert m.token_merging is not None and m.token_merging.schedule == [2, 2]
+    plain = build_for_checkpoint(inference_config(ck, overrides=["model.token_merging.r=0"]), ck)
+    assert plain.token_merging is None
+    video = torch.randn(1, 4, 3, 32, 32)
+    with torch.no_grad():
+        a, b = m(video, Vocabulary(NAMES)).logits, plain(video, Vocabulary(NAMES)).logits
+    assert (a - b).abs().max() > 1e-6

@@ -97,6 +97,9 @@ def check_args(args) -> None:
         raise ConfigError(f"--base-url: {e}") from None
     if not args.model:
         raise ConfigError("--model: no model name; pass --model NAME or set OPENAI_MODEL")
+    if args.kind == "alt-corpus" and args.format != "vclip":
+        raise ConfigError("--format official: OST's format holds per-class lists; --kind alt-corpus writes a "
+                          "vclip-corpus file (drop --format)")
     at_least = [("-n/--num", args.num, 1), ("--top-k", args.top_k, 1), ("--max-units", args.max_units, 1),
                 ("--max-reasks", args.max_reasks, 0), ("--retries", args.retries, 0)]
     if args.max_tokens is not None:
