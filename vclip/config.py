@@ -48,6 +48,10 @@ class ModelConfig:
     #: own modules), after ``pretrained``/``arch`` built it — e.g. few-shot from a K400-trained run
     init_checkpoint: Optional[str] = None
     grad_checkpointing: bool = False
+    #: ToMe token merging in the image tower of any method, e.g. ``{r: 8}`` (keys ``r``: an int or a
+    #: per-layer list, ``inflect``: the (r, inflect) schedule, ``proportional_attention``: default
+    #: true); empty = off. ALT merges by its own ``model.options.r``
+    token_merging: dict = field(default_factory=dict)
     #: method-specific options, validated against the method's ``Options`` dataclass
     options: dict = field(default_factory=dict)
 

@@ -323,3 +323,85 @@ def test_forward_state_is_fresh_per_call(model, images):
     with torch.no_grad():
         model.visual(images, hooks=[LayerTaps()], state=state)
     assert len(state.taps) == 2
+
+
+# ToMe against an independent, straightforward implementation (float64) ---------------------------
+
+def straightforward_tome(x, size, metric, r):
+    """Bipartite soft matching + size-weighted merge, written from the algorithm's description with
+    Python loops: A = even positions, B = odd; each A token's most similar B token (cosine); the r
+    A tokens with the highest similarity (class token excluded) merge into their B partners as the
+    size-weighted mean of the group; output = kept A tokens in order, then every B token in order."""
+    n, t, _ = x.shape
+    r = min(r, (t - 1) // 2)
+    out_x, out_s = [], []
+    for b in range(n):
+        a_pos, b_pos = list(range(0, t, 2)), list(range(1, t, 2))
+        unit = [metric[b, i] / metric[b, i].norm() for i in range(t)]
+        best = {}
+        for ai in a_pos[1:]:  # the class token (position 0) is never a source
+            sims = [float(unit[ai] @ unit[bj]) for bj in b_pos]
+            k = max(range(len(sims)), key=lambda j: sims[j])
+            best[ai] = (sims[k], b_pos[k])
+        sources = sorted(best, key=lambda ai: -best[ai][0])[:r]
+        groups = {bj: [bj] for bj in b_pos}
+        for ai in sources:
+            groups[best[ai][1]].append(ai)
+        rows, sizes = [], []
+        for ai in a_pos:
+            if ai not in sources:
+                rows.append(x[b, ai])
+                sizes.append(size[b, ai])
+        for bj in b_pos:
+            total = sum(size[b, i] for i in groups[bj])
+            rows.append(sum(size[b, i] * x[b, i] for i in groups[bj]) / total)
+            sizes.append(total)
+        out_x.append(torch.stack(rows))
+        out_s.append(torch.stack(sizes))
+    return torch.stack(out_x), torch.stack(out_s)
+
+
+@pytest.mark.parametrize("t, r", [(17, 4), (17, 99), (33, 16), (65, 8), (8, 3)])
+def test_token_merging_equals_a_straightforward_implementation_float64(t, r):
+    g = torch.Generator().manual_seed(t * 100 + r)
+    x = torch.randn(3, t, 6, dtype=torch.float64, generator=g)
+    metric = torch.randn(3, t, 5, dtype=torch.float64, generator=g)
+    size = torch.randint(1, 5, (3, t), generator=g).to(torch.float64)
+    size[:, 0] = 1
+    merged, merged_size = TokenMerging(r, layers=1).merge(0, x, metric, size, ForwardState())
+    ref, ref_size = straightforward_tome(x, size, metric, r)
+    assert merged.shape == ref.shape == (3, t - min(r, (t - 1) // 2), 6)
+    assert (merged - ref).abs().max() <= 1e-12
+    assert (merged_size - ref_size).abs().max() <= 1e-12
+
+
+def test_whole_tower_with_merging_equals_a_straightforward_forward_float64(model, images):
+    """The tiny image tower with ``TokenMerging(r)`` against a forward written out here: attention
+    with log(size) added over keys, merge between attention and MLP on the same layer's keys
+    averaged over heads."""
+    m = CLIP(get_config("tiny")).double().eval()
+    m.load_state_dict(model.state_dict())
+    v = m.visual
+    pix = images.double()
+    for r in (0, 3, 5):
+        with torch.no_grad():
+            out = v(pix, hooks=[TokenMerging(r, layers=2)], return_tokens=True)
+            x = v.ln_pre(v.embed(pix))
+            size = torch.ones(x.shape[:2], dtype=torch.float64)
+            for block in v.transformer.resblocks:
+                a = block.attn
+                h = block.ln_1(x)
+                n, s, d = h.shape
+                q, k, val = F.linear(h, a.in_proj_weight, a.in_proj_bias).chunk(3, dim=-1)
+                q, k, val = (z.view(n, s, a.heads, a.head_dim).transpose(1, 2) for z in (q, k, val))
+                logits = q @ k.transpose(-1, -2) / a.head_dim**0.5 + size.log()[:, None, None, :]
+                att = a.out_proj((logits.softmax(-1) @ val).transpose(1, 2).reshape(n, s, d))
+                x = x + att
+                x, size = straightforward_tome(x, size, k.mean(dim=1), r) if r else (x, size)
+                x = x + block.mlp(block.ln_2(x))
+        assert out.tokens.shape == x.shape
+        assert (out.tokens - x).abs().max() <= 1e-12
+        got = out.state.size if out.state.size is not None else torch.ones_like(size)
+        assert (got - size).abs().max() <= 1e-12
+        if r == 0:
+            assert torch.equal(out.embeds, v(pix).embeds)

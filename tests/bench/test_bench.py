@@ -81,3 +81,25 @@ def test_bench_bad_arguments(capsys):
     assert main(["bench", "infer", "--arch", "nope", "--no-mfu", "--device", "cpu"]) == 2
     assert "unknown CLIP architecture" in capsys.readouterr().err
     assert main(["bench", "infer", "--batch", "0", "--device", "cpu"]) == 2
+
+
+def test_bench_token_merging_side_by_side(tmp_path, capsys, one_thread):
+    """``--token-merging 0,2``: the same model with and without merging timed in one run, runs
+    alternating; the record holds both rates and the speed-up over the first."""
+    out = tmp_path / "tome.json"
+    assert main(["bench", "infer", "--method", "clip", "--arch", "tiny", "--batch", "1", "--frames", "2",
+                 "--classes", "3", "--repeats", "2", "--warmup", "0", "--no-mfu", "--device", "cpu",
+                 "--token-merging", "0,2", "--json", str(out)]) == 0
+    assert "speed-up" in capsys.readouterr().out
+    rec = json.loads(out.read_text())
+    _check_head(rec, "infer")
+    v0, v2 = rec["token_merging"]["variants"]
+    assert (v0["r"], v2["r"]) == (0, 2) and len(v0["runs_s"]) == len(v2["runs_s"]) == 2
+    assert v0["speedup"] == 1.0 and _positive(v2["speedup"]) and _positive(v2["views_per_s"])
+    assert v2["speedup"] == pytest.approx(v0["median_s"] / v2["median_s"])
+    assert v0["speedup_cpu_time"] == 1.0 and _positive(v2["median_cpu_s"]) and len(v2["cpu_runs_s"]) == 2
+    # same weights and inputs: r = 0 is the reference, r = 2 changes the logits
+    assert v0["max_abs_logit_change"] == 0 and v2["max_abs_logit_change"] > 0
+    for bad in ("0,x", "0,0", "-1"):
+        assert main(["bench", "infer", "--arch", "tiny", "--no-mfu", "--device", "cpu", "--token-merging", bad]) == 2
+        assert "--token-merging" in capsys.readouterr().err

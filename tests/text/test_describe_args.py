@@ -49,6 +49,7 @@ def _base(tmp_path, labels="missing-labels.csv"):
     (["--timeout", "0"], "--timeout must be a finite number > 0, got 0.0"),
     (["--backoff", "-1"], "--backoff must be a finite number >= 0"),
     (["--temperature", "nan"], "--temperature must be a finite number >= 0, got nan"),
+    (["--kind", "alt-corpus", "--format", "official"], "--format official: OST's format holds per-class lists"),
 ])
 def test_bad_arguments_fail_up_front(tmp_path, capsys, no_network, extra, needle):
     assert main(_base(tmp_path) + extra) == 2

@@ -48,6 +48,10 @@ def register(subparsers) -> None:
     _common(pi, 64)
     pi.add_argument("--precision", default="autocast", choices=["autocast", "cast"],
                     help="autocast with fp32 weights (default) or weights cast to --dtype")
+    pi.add_argument("--token-merging", default="0", metavar="R[,R...]",
+                    help="ToMe tokens merged per image-tower block (model.token_merging={r: R}); several values "
+                         "(e.g. 0,8) time the same model with each side by side in one run, runs alternating, "
+                         "and report the speed-up over the first")
     pi.set_defaults(handler=_run, bench_kind="infer")
     pt = sub.add_parser("train", help="training clips/s: full optimizer steps on the video tower")
     _common(pt, 16)
@@ -76,10 +80,22 @@ def _config(args):
         compile=args.compile, compile_mode=args.compile_mode, warmup=args.warmup, repeats=args.repeats,
         grad_checkpointing=getattr(args, "grad_checkpointing", False), optimizer=getattr(args, "optimizer", "auto"),
         train_text=getattr(args, "train_text", False), seed=args.seed,
+        token_merging=_merging_values(args)[0],
     )
     cfg.iters = args.iters or (10 if cfg.resolved_device().type == "cuda" else 1)
     cfg.validate()
     return cfg
+
+
+def _merging_values(args) -> list[int]:
+    raw = str(getattr(args, "token_merging", "0"))
+    try:
+        values = [int(v) for v in raw.split(",")]
+    except ValueError:
+        raise ConfigError(f"--token-merging: expected integers separated by commas (e.g. 0,8), got {raw!r}") from None
+    if any(v < 0 for v in values) or len(set(values)) != len(values):
+        raise ConfigError(f"--token-merging: values must be distinct and >= 0, got {raw!r}")
+    return values
 
 
 def run(args, argv: list[str] | None = None) -> dict:
@@ -105,6 +121,9 @@ def run(args, argv: list[str] | None = None) -> dict:
     device, dtype = cfg.resolved_device(), cfg.resolved_dtype()
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device here")
+    merging = _merging_values(args)
+    if len(merging) > 1:
+        return record("infer", command, device, command_resolved=resolved, **bm.bench_token_merging(cfg, merging))
     flops = ceiling = None
     if not args.no_mfu:
         flops = bm.count_flops(cfg)
@@ -153,7 +172,16 @@ def summary(rec: dict) -> str:
     if rec["kind"] == "matmul":
         c = rec["ceiling"]
         return f"matmul {c['n']}³ {c['dtype']} on {where}: {c['tflops']:.2f} TFLOP/s (median), {c['tflops_best']:.2f} best"
-    c, t = rec["config"], rec["timing"]
+    c = rec["config"]
+    if rec.get("token_merging"):
+        lines = [f"infer {c['method']} {c['arch']} batch {c['batch']} × {c['frames']} frames, {c['dtype']} on {where}, "
+                 "token merging side by side (runs alternating):"]
+        for v in rec["token_merging"]["variants"]:
+            lines.append(f"  r = {v['r']:>2}: {v['views_per_s']:.3f} views/s, {1000 * v['median_s']:.1f} ms per call "
+                         f"(median of {len(v['runs_s'])}); speed-up × {v['speedup']:.2f} wall-clock, "
+                         f"× {v['speedup_cpu_time']:.2f} in CPU time ({1000 * v['median_cpu_s']:.1f} ms)")
+        return "\n".join(lines)
+    t = rec["timing"]
     unit, rate = ("views/s", rec["views_per_s"]) if rec["kind"] == "infer" else ("clips/s", rec["clips_per_s"])
     lines = [
         f"{rec['kind']} {c['method']} {c['arch']} batch {c['batch']} × {c['frames']} frames, {c['dtype']}"

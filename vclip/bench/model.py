@@ -56,6 +56,8 @@ class BenchConfig:
     optimizer: str = "auto"
     train_text: bool = False
     seed: int = 0
+    #: ToMe tokens merged per image-tower block (``model.token_merging={r: R}``; 0 = off)
+    token_merging: int = 0
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
@@ -79,6 +81,8 @@ class BenchConfig:
             raise ConfigError("--batch, --frames, --classes, --repeats and --iters must be >= 1")
         if self.precision not in ("autocast", "cast"):
             raise ConfigError(f"--precision: expected autocast or cast, got {self.precision!r}")
+        if self.token_merging < 0:
+            raise ConfigError(f"--token-merging must be >= 0, got {self.token_merging}")
         if self.optimizer not in ("auto", "fused", "foreach"):
             raise ConfigError(f"--optimizer: expected auto, fused or foreach, got {self.optimizer!r}")
         self.resolved_dtype()
@@ -98,6 +102,7 @@ def build_method(cfg: BenchConfig, device: torch.device):
     torch.manual_seed(cfg.seed)
     cls = METHODS[cfg.method]
     method = cls(CLIP(arch), num_frames=cfg.frames, options=cls.parse_options({}))
+    method.set_token_merging({"r": cfg.token_merging} if cfg.token_merging else None)
     if not cfg.train_text:
         method.freeze(text=True, logit_scale=True)
     if cfg.grad_checkpointing:
@@ -143,12 +148,13 @@ def count_flops(cfg: BenchConfig) -> dict | None:
     from vclip.methods.flops import build_for_count, count_macs, method_flops
 
     try:
-        m = build_for_count(cfg.method, cfg.arch, cfg.frames, cfg.image_size)
+        merging = {"r": cfg.token_merging} if cfg.token_merging else None
+        m = build_for_count(cfg.method, cfg.arch, cfg.frames, cfg.image_size, token_merging=merging)
         size = m.clip.config.vision.image_size
         video = torch.empty(1, m.input_frames(), 3, size, size, device="meta")
         feats = torch.empty(cfg.classes, m.clip.config.embed_dim, device="meta")
         macs, per_module = count_macs(lambda: m.logits(m.encode_video(video), feats))
-        paper = method_flops(cfg.method, cfg.arch, cfg.frames, cfg.image_size, num_texts=1)
+        paper = method_flops(cfg.method, cfg.arch, cfg.frames, cfg.image_size, num_texts=1, token_merging=merging)
     except Exception as e:  # noqa: BLE001 - e.g. data-dependent control flow on meta tensors
         log.warning("FLOPs of %s could not be counted on the meta device (%s); MFU is not reported",
                     cfg.method, e)
@@ -204,6 +210,69 @@ def _inputs(cfg: BenchConfig, method, device: torch.device, dtype):
     video = torch.randn(cfg.batch, method.input_frames(), 3, size, size, generator=g).to(device=device, dtype=dtype)
     labels = torch.randint(cfg.classes, (cfg.batch,), generator=g).to(device)
     return video, labels
+
+
+def _inference_step(cfg: BenchConfig):
+    """(method, step closure, first logits) of the inference measurement."""
+    device, dtype = cfg.resolved_device(), cfg.resolved_dtype()
+    method = build_method(cfg, device).eval()
+    in_dtype = torch.float32
+    if cfg.precision == "cast":
+        method = method.to(DTYPES[dtype])
+        in_dtype = DTYPES[dtype]
+    video, _ = _inputs(cfg, method, device, in_dtype)
+    with torch.no_grad(), autocast_ctx(device, dtype, cfg.precision):
+        feats = method.class_features(vocabulary(cfg.classes))
+    fwd = maybe_compile(video_path(method), cfg)
+
+    def step():
+        with torch.no_grad(), autocast_ctx(device, dtype, cfg.precision):
+            return fwd(video, feats)
+
+    logits = step()
+    if not torch.isfinite(logits.float()).all():
+        raise RuntimeError("inference produced non-finite logits")
+    return method, step, logits
+
+
+def bench_token_merging(cfg: BenchConfig, rs: list[int]) -> dict:
+    """Inference views/s of the same model (same seed, same weights and inputs) with each ToMe r of
+    ``rs`` side by side in one process: after every variant's warm-up, the timed runs alternate
+    between the variants (round r: one run of each), so machine load drifts affect all alike. The
+    speed-up of each variant is the median time of the first (r = ``rs[0]``) over its own, in
+    wall-clock time and in the process's CPU time (``time.process_time``: on a shared, loaded CPU
+    machine the wall-clock time mostly measures the other jobs; with ``--threads 1`` the CPU time
+    is the work done)."""
+    import dataclasses
+    import statistics
+    import time
+
+    cfg.validate()
+    device = cfg.resolved_device()
+    variants = []
+    for r in rs:
+        c = dataclasses.replace(cfg, token_merging=r)
+        c.validate()
+        method, step, logits = _inference_step(c)
+        measure(step, device, warmup=c.resolved_warmup(), repeats=1, iters=1)  # warm-up
+        variants.append({"r": r, "step": step, "runs": [], "logits": logits,
+                         "parameters_m": sum(p.numel() for p in method.parameters()) / 1e6})
+    for _ in range(cfg.repeats):
+        for v in variants:
+            cpu0 = time.process_time()
+            v["runs"] += measure(v["step"], device, warmup=0, repeats=1, iters=cfg.iters).runs_s
+            v.setdefault("cpu", []).append((time.process_time() - cpu0) / cfg.iters)
+    base = statistics.median(variants[0]["runs"])
+    base_cpu = statistics.median(variants[0]["cpu"])
+    out = []
+    for v in variants:
+        med, cpu = statistics.median(v["runs"]), statistics.median(v["cpu"])
+        out.append({"r": v["r"], "runs_s": v["runs"], "median_s": med, "views_per_s": cfg.batch / med,
+                    "speedup": base / med, "cpu_runs_s": v["cpu"], "median_cpu_s": cpu,
+                    "speedup_cpu_time": base_cpu / cpu,
+                    "max_abs_logit_change": float((v["logits"].float() - variants[0]["logits"].float()).abs().max())})
+    return {"config": {**asdict(cfg), "dtype": cfg.resolved_dtype(), "device": str(device)},
+            "token_merging": {"order": "alternating runs, one of each variant per round", "variants": out}}
 
 
 def bench_inference(cfg: BenchConfig, ceiling: dict | None = None, flops: dict | None = None) -> dict:
@@ -309,5 +378,5 @@ def bench_training(cfg: BenchConfig, ceiling: dict | None = None, flops: dict | 
     }
 
 
-__all__ = ["BenchConfig", "Timing", "bench_inference", "bench_training", "build_method", "build_train_step",
+__all__ = ["BenchConfig", "Timing", "bench_inference", "bench_token_merging", "bench_training", "build_method", "build_train_step",
            "count_flops", "matmul_ceiling", "video_path"]

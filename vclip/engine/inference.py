@@ -259,7 +259,9 @@ def _build(cfg, ck: InferenceCheckpoint):
         known = {f.name for f in dataclasses.fields(cls.Options)}
         options = {k: v for k, v in (record.get("options") or {}).items() if k in known}
     options.update(cfg.model.options or {})
-    return cls(CLIP(arch), num_frames=cfg.data.num_frames, options=cls.parse_options(options))
+    method = cls(CLIP(arch), num_frames=cfg.data.num_frames, options=cls.parse_options(options))
+    method.set_token_merging(cfg.model.token_merging)
+    return method
 
 
 def build_for_checkpoint(cfg, ck: InferenceCheckpoint):

@@ -12,7 +12,8 @@ import logging
 from typing import Sequence
 
 from vclip.errors import ConfigError
-from vclip.methods.base import MethodOutput, VideoMethod, Vocabulary
+from vclip.methods.alt import ALT
+from vclip.methods.base import MethodOutput, VideoMethod, Vocabulary, token_merging_hook
 from vclip.methods.clip import CLIPMean
 from vclip.methods.moted import MoTED
 from vclip.methods.ost import OST
@@ -29,6 +30,7 @@ METHODS: dict[str, type[VideoMethod]] = {
     "ost": OST,
     "vilt": ViLTCLIP,
     "moted": MoTED,
+    "alt": ALT,
 }
 
 
@@ -48,6 +50,11 @@ def check_config(cfg) -> type[VideoMethod]:
     m, t = cfg.model, cfg.train
     cls = method_class(m.method)
     cls.parse_options(m.options)  # raises ConfigError naming model.options.<key>
+    if m.token_merging:
+        if cls.merges_tokens_itself:
+            raise ConfigError(f"model.token_merging: method {m.method!r} merges tokens by its own options "
+                              "(model.options.r); remove model.token_merging")
+        token_merging_hook(m.token_merging, 12)  # raises ConfigError naming model.token_merging
     if m.freeze_text and m.freeze_vision and not cls.parameter_groups:
         raise ConfigError(f"model.freeze_text and model.freeze_vision are both true: method {m.method!r} adds no "
                           "modules of its own, so nothing would be trained")
@@ -95,6 +102,7 @@ def build_method(cfg) -> VideoMethod:
             log.warning("model.pretrained is not set: CLIP %s is randomly initialised; for real results set "
                         "model.pretrained=%s (downloaded once, see docs/weights.md)", m.arch, name)
         method = cls(CLIP(arch), num_frames=cfg.data.num_frames, options=cls.parse_options(m.options))
+    method.set_token_merging(m.token_merging)
     method.freeze(text=m.freeze_text or None, vision=m.freeze_vision or None, logit_scale=m.freeze_logit_scale)
     if m.grad_checkpointing:
         method.clip.set_grad_checkpointing(True)

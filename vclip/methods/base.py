@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vclip.backbone.hooks import TokenMerging, parse_merge_schedule
 from vclip.backbone.model import CLIP
 from vclip.backbone.tokenizer import get_tokenizer
 
@@ -85,6 +86,39 @@ class Vocabulary:
     def key(self) -> str:
         blob = json.dumps([self.class_names, self.templates, self.descriptors])
         return hashlib.sha1(blob.encode()).hexdigest()
+
+
+TOKEN_MERGING_KEYS = ("r", "inflect", "proportional_attention")
+
+
+def token_merging_hook(spec: Mapping | None, layers: int, what: str = "model.token_merging") -> TokenMerging | None:
+    """The ``TokenMerging`` hook of a ``model.token_merging`` mapping, or None when it merges nothing.
+
+    Keys: ``r`` (an int per block, or a per-block list), ``inflect`` (with an int ``r``: ToMe's
+    (r, inflect) linear schedule, −1 = decreasing 2r → 0), ``proportional_attention`` (default
+    true). Errors are ConfigErrors naming ``what``."""
+    from vclip.errors import ConfigError
+
+    if not spec:
+        return None
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"{what}: expected a mapping such as {{r: 8}}, got {spec!r}")
+    unknown = [k for k in spec if k not in TOKEN_MERGING_KEYS]
+    if unknown:
+        raise ConfigError(f"{what}.{unknown[0]}: unknown key (known: {', '.join(TOKEN_MERGING_KEYS)})")
+    if "r" not in spec:
+        raise ConfigError(f"{what}: needs r (tokens merged per block), e.g. {{r: 8}}")
+    prop = spec.get("proportional_attention", True)
+    if not isinstance(prop, bool):
+        raise ConfigError(f"{what}.proportional_attention: expected true or false, got {prop!r}")
+    schedule = {"r": spec["r"], "inflect": spec["inflect"]} if "inflect" in spec else spec["r"]
+    try:
+        per_layer = parse_merge_schedule(schedule, layers)
+    except ValueError as e:
+        raise ConfigError(f"{what}: {e}") from None
+    if not any(per_layer):
+        return None
+    return TokenMerging(per_layer, layers, proportional_attention=prop)
 
 
 @dataclass
@@ -138,6 +172,12 @@ class VideoMethod(nn.Module):
     loss_weights: ClassVar[dict[str, float]] = {"ce": 1.0}
     #: the paper fixes τ together with the text tower: freezing the text tower freezes logit_scale
     temperature_follows_text: ClassVar[bool] = False
+    #: ``vclip flops``: whether encoding the vocabulary counts in a view's cost (the papers count
+    #: one class sentence); False (ALT: its corpus and class embeddings are computed once,
+    #: offline) counts the whole video path against class features encoded beforehand
+    flops_count_text: ClassVar[bool] = True
+    #: the method runs token merging by its own options (ALT): ``model.token_merging`` is refused
+    merges_tokens_itself: ClassVar[bool] = False
 
     def __init__(self, clip: CLIP, *, num_frames: int, options: Any = None):
         super().__init__()
@@ -145,6 +185,8 @@ class VideoMethod(nn.Module):
         self.num_frames = num_frames
         self.options = options if options is not None else self.Options()
         self._class_cache: tuple[tuple, Any] | None = None
+        #: ToMe in the image tower (``set_token_merging``; ``model.token_merging``), None = off
+        self.token_merging: TokenMerging | None = None
 
     # ------------------------------------------------------------------ to implement
     def encode_video(self, video: torch.Tensor):
@@ -288,12 +330,30 @@ class VideoMethod(nn.Module):
             out.losses = self.losses(out, targets, label_smoothing)
         return out
 
+    # ------------------------------------------------------------------ token merging
+    def set_token_merging(self, spec: Mapping | None) -> None:
+        """ToMe token merging in the image tower of every frame ``encode_frames`` encodes (any
+        method): ``spec`` as ``model.token_merging`` (``{"r": 8}``; see :func:`token_merging_hook`);
+        None or empty turns it off. Merging sits between attention and MLP in every block, with
+        proportional attention; the class token and tokens a hook appends for attention only
+        (X-CLIP's message tokens) never merge."""
+        hook = token_merging_hook(spec, self.clip.config.vision.layers)
+        if hook is not None and self.merges_tokens_itself:
+            from vclip.errors import ConfigError
+
+            raise ConfigError(f"model.token_merging: {type(self).__name__} merges tokens by its own options "
+                              "(model.options.r)")
+        self.token_merging = hook
+
     # ------------------------------------------------------------------ helpers for methods
     def encode_frames(self, video: torch.Tensor, **tower_kwargs):
         """Run the image tower on every frame: [B, T, 3, H, W] → TowerOutput over B·T frames.
-        ``tower_kwargs`` (``hooks``, ``state``, ``return_tokens``) go to ``clip.visual``."""
+        ``tower_kwargs`` (``hooks``, ``state``, ``return_tokens``) go to ``clip.visual``; the
+        method's token merging (``set_token_merging``) is appended to the hooks."""
         if video.dim() != 5:
             raise ValueError(f"expected video [B, T, 3, H, W], got shape {tuple(video.shape)}")
+        if self.token_merging is not None:
+            tower_kwargs["hooks"] = [*tower_kwargs.get("hooks", ()), self.token_merging]
         return self.clip.visual(video.flatten(0, 1), **tower_kwargs)
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 1024, **tower_kwargs) -> torch.Tensor:

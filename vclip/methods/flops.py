@@ -102,8 +102,9 @@ def count_macs(fn, *args, **kwargs) -> tuple[int, dict]:
 
 
 def build_for_count(method: str, arch: str, num_frames: int, image_size: int | None = None, options: dict | None = None,
-                    device: str = "meta"):
-    """A method on a meta-device CLIP (shapes only; ``device="cpu"``: random weights)."""
+                    device: str = "meta", token_merging: dict | None = None):
+    """A method on a meta-device CLIP (shapes only; ``device="cpu"``: random weights), with
+    ``token_merging`` as ``model.token_merging``."""
     from vclip.backbone import CLIP, get_config
     from vclip.methods import method_class
 
@@ -114,17 +115,25 @@ def build_for_count(method: str, arch: str, num_frames: int, image_size: int | N
         cfg.validate()
     with torch.device(device):
         m = cls(CLIP(cfg), num_frames=num_frames, options=cls.parse_options(options or {}))
+    m.set_token_merging(token_merging)
     return m.eval()
 
 
-def _count(method, arch, num_frames, image_size, options, num_texts, device):
-    m = build_for_count(method, arch, num_frames, image_size, options, device)
+def _count(method, arch, num_frames, image_size, options, num_texts, device, token_merging=None):
+    m = build_for_count(method, arch, num_frames, image_size, options, device, token_merging)
     size = m.clip.config.vision.image_size
     frames = m.input_frames(num_frames)
     video = torch.zeros(1, frames, 3, size, size, device=device)
     # methods are called part by part (not through Module.__call__), so that FlopCounterMode names
     # the towers as the outermost modules
-    if num_texts:
+    if not type(m).flops_count_text:
+        # the text side is computed once, offline (ALT's corpus and class ensemble): encode it
+        # uncounted and count the whole video path against max(num_texts, 1) classes
+        vocab = type(m).example_vocabulary(max(num_texts, 1), options)
+        with torch.no_grad():
+            feats = m.encode_vocabulary(vocab)
+        total, per_module = count_macs(lambda: m.outputs(m.encode_video(video), feats))
+    elif num_texts:
         vocab = type(m).example_vocabulary(num_texts, options)
         total, per_module = count_macs(lambda: m.outputs(m.encode_video(video), m.encode_vocabulary(vocab)))
     else:
@@ -134,21 +143,24 @@ def _count(method, arch, num_frames, image_size, options, num_texts, device):
 
 def method_flops(method: str = "xclip", arch: str = "ViT-B-16", num_frames: int = 8, image_size: int | None = None,
                  num_texts: int = 1, options: dict | None = None, views: tuple[int, int] = (1, 1),
-                 train_classes: int = 0) -> FlopReport:
+                 train_classes: int = 0, token_merging: dict | None = None) -> FlopReport:
     """GFLOPs (multiply-adds) of one view — one video with the frames the method samples for
     ``num_frames`` (``VideoMethod.input_frames``) and ``num_texts`` classes of the method's stand-in
     vocabulary (``example_vocabulary``: descriptors, corpora sized by ``options``) — and of one
-    video over ``views`` (clips × crops). ``num_texts=0`` leaves the text side out. For a method
-    with ``text_side_modules`` the text tower's forward cost per class of a training step is added
-    (and its total for ``train_classes`` classes)."""
+    video over ``views`` (clips × crops). ``num_texts=0`` leaves the text side out; methods with
+    ``flops_count_text = False`` (ALT) never count it. For a method with ``text_side_modules`` the
+    text tower's forward cost per class of a training step is added (and its total for
+    ``train_classes`` classes). ``token_merging``: ``model.token_merging``."""
     if num_frames < 1 or num_texts < 0 or train_classes < 0:
         raise ConfigError(f"frames must be >= 1, texts and train classes >= 0, got {num_frames}, {num_texts} "
                           f"and {train_classes}")
     try:
-        m, frames, total, per_module = _count(method, arch, num_frames, image_size, options, num_texts, "meta")
+        m, frames, total, per_module = _count(method, arch, num_frames, image_size, options, num_texts, "meta",
+                                              token_merging)
     except (RuntimeError, NotImplementedError):
         # data-dependent steps (OST's Sinkhorn stopping rule) need values: count on random CPU weights
-        m, frames, total, per_module = _count(method, arch, num_frames, image_size, options, num_texts, "cpu")
+        m, frames, total, per_module = _count(method, arch, num_frames, image_size, options, num_texts, "cpu",
+                                              token_merging)
     size = m.clip.config.vision.image_size
     # FlopCounterMode names modules by the class of the outermost module called
     image = per_module.get("VisionTransformer", 0)
@@ -160,15 +172,15 @@ def method_flops(method: str = "xclip", arch: str = "ViT-B-16", num_frames: int 
             per_class = text / num_texts / 1e9
         else:
             try:
-                one = _count(method, arch, num_frames, image_size, options, 1, "meta")[3]
+                one = _count(method, arch, num_frames, image_size, options, 1, "meta", token_merging)[3]
             except (RuntimeError, NotImplementedError):
-                one = _count(method, arch, num_frames, image_size, options, 1, "cpu")[3]
+                one = _count(method, arch, num_frames, image_size, options, 1, "cpu", token_merging)[3]
             per_class = one.get("TextTransformer", 0) / 1e9
         per_step = train_classes * per_class
     c, k = views
     return FlopReport(method=method, arch=arch, num_frames=num_frames, input_frames=frames, image_size=size,
-                      num_texts=num_texts, gflops=total / 1e9, parts=parts, views=(c, k),
-                      gflops_per_video=c * k * total / 1e9, text_gflops_per_class=per_class,
+                      num_texts=num_texts if type(m).flops_count_text else 0, gflops=total / 1e9, parts=parts,
+                      views=(c, k), gflops_per_video=c * k * total / 1e9, text_gflops_per_class=per_class,
                       train_classes=train_classes, text_gflops_per_train_step=per_step)
 
 
@@ -190,6 +202,9 @@ def register(subparsers) -> None:
                         "cost of one training step over C classes")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option (model.options.KEY), e.g. a corpus size; repeatable")
+    p.add_argument("--token-merging", type=int, default=0, metavar="R",
+                   help="ToMe: merge R tokens in every image-tower block (model.token_merging={r: R}; ALT: use "
+                        "--option r=R)")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(handler=_flops)
 
@@ -206,8 +221,11 @@ def _flops(args) -> int:
     options: dict = {}
     for o in args.option:
         options.update(parse_override(o))
+    if args.token_merging < 0:
+        raise ConfigError(f"--token-merging must be >= 0, got {args.token_merging}")
+    merging = {"r": args.token_merging} if args.token_merging else None
     r = method_flops(args.method, args.arch, args.frames, args.image_size, args.texts, options, views,
-                     args.train_classes)
+                     args.train_classes, merging)
     if args.json:
         print(json.dumps({**r.__dict__, "convention": "fvcore: 1 multiply-add = 1 FLOP"}, indent=2))
     else:

@@ -28,7 +28,9 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("describe", help="generate per-class descriptors with an LLM (OST / MoTED / ALT)",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("--kind", required=True, choices=KINDS)
+    p.add_argument("--kind", required=True, choices=[*KINDS, "alt-corpus"],
+                   help="what to write; alt-corpus: ALT's global, deduplicated entity corpus with categories "
+                        "(vclip/text/corpus.py)")
     p.add_argument("--labels", required=True, help="label CSV (id,name) or a text file with one class per line")
     p.add_argument("--out", required=True, help="output JSON (written atomically)")
     p.add_argument("--format", choices=["vclip", "official"], default="vclip",
@@ -42,6 +44,9 @@ def register(subparsers) -> None:
     p.add_argument("--alt-description", type=int, choices=[0, 1, 2], default=2,
                    help="which of ALT's three description prompts (alt-entities; 2 = 'Concisely explain ... "
                         "in one sentence')")
+    p.add_argument("--select", choices=["llm", "first"], default="llm",
+                   help="alt-corpus: ask all three description prompts per unit and let the LLM pick the one that "
+                        "fits the labels (llm, default), or ask only --alt-description (first)")
     p.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL", DEFAULT_BASE_URL), metavar="URL",
                    help="the OpenAI-compatible endpoint, http(s)://HOST[:PORT]/PATH; requests go to "
                         f"URL/chat/completions (default: $OPENAI_BASE_URL, else {DEFAULT_BASE_URL})")
@@ -92,6 +97,9 @@ def check_args(args) -> None:
         raise ConfigError(f"--base-url: {e}") from None
     if not args.model:
         raise ConfigError("--model: no model name; pass --model NAME or set OPENAI_MODEL")
+    if args.kind == "alt-corpus" and args.format != "vclip":
+        raise ConfigError("--format official: OST's format holds per-class lists; --kind alt-corpus writes a "
+                          "vclip-corpus file (drop --format)")
     at_least = [("-n/--num", args.num, 1), ("--top-k", args.top_k, 1), ("--max-units", args.max_units, 1),
                 ("--max-reasks", args.max_reasks, 0), ("--retries", args.retries, 0)]
     if args.max_tokens is not None:
@@ -108,7 +116,7 @@ def check_args(args) -> None:
 def _describe(args) -> int:
     from vclip.backbone.hub import cache_dir
     from vclip.errors import ConfigError
-    from vclip.text.describe import describe
+    from vclip.text.describe import describe, public_url
     from vclip.text.descriptors import write_descriptors, write_official
     from vclip.text.llm import ChatClient
 
@@ -126,6 +134,17 @@ def _describe(args) -> int:
     client = ChatClient(args.base_url, args.model, key, params=params,
                         cache_dir=args.cache_dir or cache_dir() / "llm", timeout=args.timeout,
                         max_retries=args.retries, backoff_base=args.backoff)
+    if args.kind == "alt-corpus":
+        from vclip.text.corpus import build_corpus, write_corpus
+
+        doc = build_corpus(names, client, max_units=args.max_units, select=args.select,
+                           description=args.alt_description, max_reasks=args.max_reasks, system=args.system,
+                           progress=not args.no_progress)
+        doc["generator"]["base_url"] = public_url(args.base_url)
+        out = write_corpus(args.out, doc)
+        print(json.dumps({"out": str(out), "kind": args.kind, "classes": len(names), "entities": doc["size"],
+                          "requests": client.requests, "cached": client.cache_hits}))
+        return 0
     clip = None
     if args.kind == "moted-discriminative":
         clip = _similarity_clip(args)

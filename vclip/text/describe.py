@@ -283,3 +283,11 @@ def _public_url(url: str) -> str:
     if p.port:
         netloc += f":{p.port}"
     return urlunsplit((p.scheme, netloc, p.path, "", ""))
+
+
+#: for other builders of LLM text (``vclip.text.corpus``): a list answer with corrective follow-ups,
+#: a one-sentence answer, a base URL safe to record
+ask_list = _ask_list
+ask_single = _ask_single
+public_url = _public_url
+__all__ += ["ask_list", "ask_single", "public_url"]
