@@ -182,11 +182,15 @@ def test_interrupted_suite_continues(tmp_path, world, pretrained, monkeypatch):
     assert sum(calls.values()) == 4 and trains["n"] == 2
     again = json.loads((out / "suite.json").read_text())
     assert again["figures"] == first["figures"]
-    # another few-shot budget: only the few-shot cells run again
+    # another few-shot budget: only the few-shot cells run again, from scratch (the earlier runs moved aside)
     cfg = small_config(tmp_path, protocols=small_protocols(few_shot={"shots": [1], "overrides": ["train.max_steps=2"]}))
     assert main(args) == 0
     assert calls == {"clip-zero-shot__zero_shot": 1, "clip-zero-shot__few_shot": 2, "clip__zero_shot": 1,
                      "clip__few_shot": 2}
+    assert trains["n"] == 3
+    cell = json.loads((out / "cells" / "clip__few_shot.json").read_text())
+    assert cell["command"].split().count("train.max_steps=2") == 1
+    assert len(list((out / "runs").glob("clip__few_shot@*"))) == 1
 
 
 def test_world_and_pretrained_made_when_not_given(tmp_path, synth_protocol_data, monkeypatch, capsys):

@@ -347,7 +347,10 @@ class Suite:
 
     def key(self, cell: Cell) -> str:
         """What a finished cell was computed from: a changed config, world or weights recomputes it."""
-        opts = (self.cfg.get("protocols") or {})[cell.protocol]
+        protocols = self.cfg.get("protocols") or {}
+        opts = protocols[cell.protocol]
+        if cell.protocol == "zero_shot" and not cell.row.eval_only and "fully_supervised" in self.protocol_names:
+            opts = {"zero_shot": opts, "reused_fully_supervised": protocols.get("fully_supervised")}
         blob = json.dumps({"config": self.row_config(cell.row).read_text(), "protocol": opts,
                            "world": str(self.world), "pretrained": str(self.pretrained),
                            "eval_only": cell.row.eval_only}, sort_keys=True, default=str)
@@ -427,6 +430,7 @@ class Suite:
             record.update(status="skipped", reason=reason, date=_now(), seconds=time.perf_counter() - start)
             atomic_write_text(self.cell_path(cell), json.dumps(record, indent=1, default=str))
             return record
+        self.claim_run_dir(cell, key)
         try:
             result, command = self.run_protocol(cell, config_file, done)
             cols = chance_columns(cell.protocol, result)
@@ -447,6 +451,23 @@ class Suite:
         if record["status"] == "done":
             self.computed.append(cell.name)
         return record
+
+    def claim_run_dir(self, cell: Cell, key: str) -> None:
+        """``OUT/runs/<cell>/`` for inputs ``key``: its finished sub-runs are reused only when they
+        were made from the same inputs; a folder made from others is moved aside to
+        ``OUT/runs/<cell>@<its key>`` (kept, never deleted) so the cell starts afresh."""
+        run_dir = self.out / "runs" / cell.name
+        stamp = run_dir / "suite_key.txt"
+        if run_dir.exists():
+            old = stamp.read_text().strip() if stamp.is_file() else "unknown"
+            if old != key:
+                aside = run_dir.with_name(f"{cell.name}@{old}")
+                n = 1
+                while aside.exists():
+                    aside, n = run_dir.with_name(f"{cell.name}@{old}.{n}"), n + 1
+                run_dir.rename(aside)
+                log.warning("%s: made from other inputs (config, world or weights); moved to %s", run_dir, aside)
+        atomic_write_text(stamp, key + "\n")
 
     def run_protocol(self, cell: Cell, config_file: Path, done: dict) -> tuple[dict, str]:
         """The cell through the protocol's runner; the result and the ``vclip run`` command that
