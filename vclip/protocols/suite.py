@@ -545,6 +545,8 @@ class Suite:
             "config_file": str(self.config_file), "config": self.cfg, "world": str(self.world),
             "world_info": self.world_info or _read_json(self.world / "manifest.json", keep=("seed", "version",
                                                                                               "generator", "size")),
+            "world_manifest_sha256": _sha256(self.world / "manifest.json")
+            if (self.world / "manifest.json").is_file() else None,
             "pretrained": {"file": str(self.pretrained), "sha256": _sha256(self.pretrained) if self.pretrained.is_file()
                            else None, "info": self.pretrain_info},
             "machine": self.machine, "commit": self.commit,
