@@ -309,3 +309,40 @@ def test_few_shot_plan(synth_protocol_data, tmp_path):
     assert S.few_shot_plan(ds, [4, 8, 16], 8)[0] == [4, 8]
     with pytest.raises(S.ConfigError, match="none of K"):
         S.few_shot_plan(ds, [16], 8)
+
+
+def test_signal_during_a_cell(tmp_path, world, pretrained, monkeypatch, capsys):
+    """SIGINT inside a cell's training: the shell's exit code, and the message says to rerun the suite."""
+    import vclip.engine.trainer as trainer_mod
+    from vclip.errors import TrainingInterrupted
+
+    def interrupted(cfg, resume=None):
+        raise TrainingInterrupted(f"training interrupted by SIGINT; resume with: vclip train -c {cfg.run_dir}",
+                                  signum=2, exit_code=130, resume_command="x", checkpoint="y")
+
+    monkeypatch.setattr(trainer_mod, "train", interrupted)
+    cfg = small_config(tmp_path, protocols=small_protocols())
+    out = tmp_path / "suite"
+    assert main(suite_args(out, world, pretrained, cfg, "--methods", "clip", "--protocols", "few-shot")) == 130
+    err = capsys.readouterr().err
+    assert "training interrupted by SIGINT; finished cells are kept in" in err
+    assert "run the same vclip suite command again" in err
+    # the baseline's cell (no training) finished before; the interrupted one is not written
+    assert sorted(p.stem for p in (out / "cells").glob("*.json")) == ["clip-zero-shot__few_shot"]
+
+
+@pytest.mark.slow
+def test_quick_suite_from_scratch(tmp_path):
+    """`vclip suite --quick` as documented, world and pretraining included (the CI smoke test; it
+    runs once vclip.data.world and vclip.pretrain exist): every cell present, finite or skipped."""
+    pytest.importorskip("vclip.data.world")
+    pytest.importorskip("vclip.pretrain")
+    out = tmp_path / "suite"
+    assert main(["suite", "--out", str(out), "--quick"]) == 0
+    data = json.loads((out / "suite.json").read_text())
+    assert len(data["cells"]) == len(data["rows"]) * 4
+    for name, c in data["cells"].items():
+        assert c["status"] in ("done", "skipped"), (name, c.get("reason"))
+        assert c["status"] == "skipped" and c["reason"] or all(math.isfinite(v["mean"])
+                                                               for v in c["columns"].values())
+    assert (out / "suite.md").is_file() and (out / "suite.png").is_file()
