@@ -40,7 +40,7 @@ import platform
 import shlex
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -76,7 +76,11 @@ PROTOCOL_KEYS = {
 def config_path(quick: bool, path: str | None = None) -> Path:
     if path:
         return Path(path)
-    return CONFIG_DIR / ("quick.yaml" if quick else "default.yaml")
+    p = CONFIG_DIR / ("quick.yaml" if quick else "default.yaml")
+    if not p.is_file():
+        raise ConfigError(f"the suite config {p.name} ships in the repository's configs/suite/, not found at {p} "
+                          "(vclip installed without its repository?): pass --config FILE")
+    return p
 
 
 def load_suite_config(path) -> dict:
@@ -250,8 +254,6 @@ class Suite:
     workers: int = 1
     progress: bool = True
     argv: Sequence[str] | None = None
-    #: cells computed by this run (not those read back from OUT/cells)
-    computed: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         from vclip.methods import METHODS
@@ -448,8 +450,6 @@ class Suite:
             record.update(status="failed", reason=f"{type(e).__name__}: {' '.join(str(e).split())}")
         record.update(date=_now(), seconds=time.perf_counter() - start)
         atomic_write_text(self.cell_path(cell), json.dumps(record, indent=1, default=str))
-        if record["status"] == "done":
-            self.computed.append(cell.name)
         return record
 
     def claim_run_dir(self, cell: Cell, key: str) -> None:
