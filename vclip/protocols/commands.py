@@ -55,6 +55,10 @@ def register(subparsers) -> None:
     r.add_argument("--out", help="also write the tables to this file")
     r.set_defaults(handler=_report)
 
+    from vclip.protocols.suite import register as register_suite
+
+    register_suite(subparsers)
+
 
 def _run(args) -> int:
     from vclip.errors import TrainingInterrupted

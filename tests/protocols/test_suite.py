@@ -1,0 +1,348 @@
+"""``vclip suite`` on a stand-in world: the synthetic protocol data (tests/protocols/conftest.py) as
+the four datasets of a world spec, and a randomly initialised tiny CLIP saved in OpenAI's layout as
+the "pretrained" file. Structure, resumability and the table's arithmetic; no accuracy is asserted."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from vclip.backbone import get_config
+from vclip.cli import main
+from vclip.protocols import suite as S
+from tests.backbone.reference_openai import OpenAICLIP
+
+QUICK = S.CONFIG_DIR / "quick.yaml"
+
+
+def make_world(src: Path, out: Path) -> Path:
+    """A world folder: spec.yaml (absolute paths) and manifest.json, over the synthetic videos."""
+    s = yaml.safe_load((src / "spec.yaml").read_text())
+    for d in s["datasets"].values():
+        for k in ("labels", "train", "val"):
+            if k in d:
+                d[k] = str(src / d[k])
+        for sp in (d.get("splits") or {}).values():
+            sp.update({k: str(src / v) for k, v in sp.items()})
+        for p in d.get("pools") or []:
+            p["list"] = str(src / p["list"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "spec.yaml").write_text(yaml.safe_dump(s))
+    (out / "manifest.json").write_text(json.dumps({"seed": 0, "version": "stand-in"}))
+    return out
+
+
+def make_pretrained(path: Path) -> Path:
+    torch.manual_seed(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(OpenAICLIP(get_config("tiny")).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(synth_protocol_data, tmp_path_factory) -> Path:
+    return make_world(synth_protocol_data, tmp_path_factory.mktemp("world"))
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Path:
+    return make_pretrained(tmp_path_factory.mktemp("pre") / "clip.pt")
+
+
+def small_config(tmp_path: Path, **changes) -> Path:
+    """The quick config with 2-frame clips (the stand-in videos have 4), batches of 4 (1-shot sets
+    of 6 videos) and ``changes`` merged."""
+    cfg = yaml.safe_load(QUICK.read_text())
+    cfg["run"]["data"].update(num_frames=2, batch_size=4)
+    for k, v in changes.items():
+        cfg[k] = v
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def small_protocols(**kw) -> dict:
+    """The quick protocols with shot counts the stand-in's 4 training videos per class allow."""
+    p = yaml.safe_load(QUICK.read_text())["protocols"]
+    p["few_shot"]["shots"] = [1, 2]
+    p["base_to_novel"]["shots"] = 2
+    for k, v in kw.items():
+        p[k].update(v)
+    return p
+
+
+def suite_args(out, world, pretrained, cfg, *extra) -> list[str]:
+    return ["suite", "--out", str(out), "--world", str(world), "--pretrained", str(pretrained),
+            "--config", str(cfg), *extra]
+
+
+@pytest.mark.slow
+def test_quick_suite_structure(tmp_path, world, pretrained, capsys):
+    """Every registered method x every protocol, plus the zero-shot baseline row: each cell a file
+    with finite figures (and their chance levels), or a skip with its reason; the tables and plot."""
+    from vclip.methods import METHODS
+
+    # the shipped few-shot K = 2, 4, 8, 16: the stand-in's classes have 4 training videos, so K = 8, 16
+    # are dropped (and said so)
+    cfg = small_config(tmp_path, protocols=small_protocols(few_shot={"shots": [2, 4, 8, 16]}))
+    out = tmp_path / "suite"
+    assert main(suite_args(out, world, pretrained, cfg)) == 0
+    rows = [S.BASELINE, *METHODS]
+    cells = {p.stem for p in (out / "cells").glob("*.json")}
+    assert cells == {f"{r}__{p}" for r in rows for p in S.ORDER}
+    data = json.loads((out / "suite.json").read_text())
+    assert data["format"] == S.FORMAT and set(data["cells"]) == cells
+    for name, c in data["cells"].items():
+        if c["status"] == "skipped":
+            assert c["reason"], name
+            continue
+        assert c["status"] == "done", (name, c.get("reason"))
+        assert c["columns"] and all(math.isfinite(v["mean"]) and math.isfinite(v["std"]) and 0 < v["chance"] < 1
+                                    for v in c["columns"].values()), name
+    # OST has no descriptor files in this world: skipped, saying which file is missing
+    assert data["cells"]["ost__zero_shot"]["status"] == "skipped"
+    assert "ost_spatial.json" in data["cells"]["ost__zero_shot"]["reason"]
+    # the expected columns, the chance levels of the stand-in's class counts (K400 8 classes: 1/8,
+    # top-5 5/8; K600 draws: the 4 classes K400 lacks; base/novel halves of 8 and 6 classes)
+    cols = data["cells"]["xclip__few_shot"]["columns"]
+    assert list(cols) == ["HMDB-51 K=2", "HMDB-51 K=4"]
+    sup = data["cells"]["vificlip__fully_supervised"]["columns"]
+    assert sup["K400 1x1 top-1"]["chance"] == pytest.approx(1 / 8)
+    assert sup["K400 1x1 top-5"]["chance"] == pytest.approx(5 / 8)
+    zs = data["cells"]["clip__zero_shot"]["columns"]
+    assert list(zs) == ["UCF-101", "HMDB-51", "K600"]
+    assert zs["UCF-101"]["n"] == 3 and zs["K600"]["n"] == 1  # 3 splits; 1 K600 draw in the quick config
+    assert zs["K600"]["chance"] == pytest.approx(1 / 4) and zs["HMDB-51"]["chance"] == pytest.approx(1 / 6)
+    b2n = data["cells"]["clip__base_to_novel"]["columns"]
+    assert [c for c in b2n if c.startswith("UCF")] == ["UCF-101 base", "UCF-101 novel", "UCF-101 HM"]
+    assert b2n["UCF-101 HM"]["chance"] == pytest.approx(1 / 3)  # 3 base, 3 novel classes
+    # the baseline row trains nothing; a method's zero-shot evaluates its own K400-trained checkpoint
+    assert "--eval-only" in data["cells"]["clip-zero-shot__few_shot"]["command"]
+    assert not list((out / "runs" / "clip-zero-shot__few_shot").glob("*/checkpoints"))
+    zs_cmd = data["cells"]["xclip__zero_shot"]["command"]
+    assert f"--checkpoint {out / 'runs' / 'xclip__fully_supervised'}" in zs_cmd
+    assert not (out / "runs" / "xclip__zero_shot" / "zs_train").exists()
+    # every figure: its command, machine and date
+    assert len(data["figures"]) == sum(len(c.get("columns") or {}) for c in data["cells"].values())
+    for f in data["figures"]:
+        assert f["command"].startswith("vclip run ") and f["machine"]["cpus"] and f["date"]
+    md = (out / "suite.md").read_text()
+    assert "| *chance* | 12.5 | 62.5 |" in md  # the fully-supervised table's chance row
+    assert f"| {S.BASELINE_LABEL} |" in md and "| ost | skipped | skipped | skipped | skipped |" in md
+    assert "ost × zero_shot: **skipped**" in md
+    assert "- Few-shot: K = 8, 16 not run (hmdb51: a class has only 4 training videos" in md
+    assert (out / "suite.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "suite: " in capsys.readouterr().out
+
+
+def test_interrupted_suite_continues(tmp_path, world, pretrained, monkeypatch):
+    """Interrupted after its first cell, a rerun computes only the missing cells; a third run none;
+    a changed budget recomputes the cells it affects only."""
+    import vclip.engine.trainer as trainer_mod
+
+    calls: dict[str, int] = {}
+    trains = {"n": 0}
+    real_protocol = S.Suite.run_protocol
+    real_train = trainer_mod.train
+    stop = {"after": 1}
+
+    def counted_protocol(self, cell, config_file, done):
+        if sum(calls.values()) >= stop["after"]:
+            raise KeyboardInterrupt  # Ctrl-C after the first cell finished
+        calls[cell.name] = calls.get(cell.name, 0) + 1
+        return real_protocol(self, cell, config_file, done)
+
+    def counted_train(*a, **k):
+        trains["n"] += 1
+        return real_train(*a, **k)
+
+    monkeypatch.setattr(S.Suite, "run_protocol", counted_protocol)
+    monkeypatch.setattr(trainer_mod, "train", counted_train)
+    cfg = small_config(tmp_path, protocols=small_protocols(few_shot={"shots": [1]}))
+    out = tmp_path / "suite"
+    args = suite_args(out, world, pretrained, cfg, "--methods", "clip", "--protocols", "zero-shot,few-shot")
+    assert main(args) == 130
+    assert [p.stem for p in (out / "cells").glob("*.json")] == ["clip-zero-shot__zero_shot"]
+    assert not (out / "suite.md").exists()
+    stop["after"] = 99
+    assert main(args) == 0
+    # clip's zero-shot trains on K400 (no fully-supervised cell to reuse), its few-shot once
+    assert calls == {"clip-zero-shot__zero_shot": 1, "clip-zero-shot__few_shot": 1, "clip__zero_shot": 1,
+                     "clip__few_shot": 1}
+    assert trains["n"] == 2
+    first = json.loads((out / "suite.json").read_text())
+    assert main(args) == 0
+    assert sum(calls.values()) == 4 and trains["n"] == 2
+    again = json.loads((out / "suite.json").read_text())
+    assert again["figures"] == first["figures"]
+    # another few-shot budget: only the few-shot cells run again, from scratch (the earlier runs moved aside)
+    cfg = small_config(tmp_path, protocols=small_protocols(few_shot={"shots": [1], "overrides": ["train.max_steps=2"]}))
+    assert main(args) == 0
+    assert calls == {"clip-zero-shot__zero_shot": 1, "clip-zero-shot__few_shot": 2, "clip__zero_shot": 1,
+                     "clip__few_shot": 2}
+    assert trains["n"] == 3
+    cell = json.loads((out / "cells" / "clip__few_shot.json").read_text())
+    assert cell["command"].split().count("train.max_steps=2") == 1
+    assert len(list((out / "runs").glob("clip__few_shot@*"))) == 1
+
+
+def test_world_and_pretrained_made_when_not_given(tmp_path, synth_protocol_data, monkeypatch, capsys):
+    """Without --world/--pretrained the suite calls the world generator and the pretraining of the
+    contract (stand-ins here), once: a rerun reuses both."""
+    made = {"world": [], "pretrain": []}
+
+    def generate_world(out_dir, size="default", workers=1, seed=0):
+        made["world"].append((Path(out_dir), size, workers, seed))
+        make_world(synth_protocol_data, Path(out_dir))
+        return {"seed": seed}
+
+    def pretrain(world_dir, out_file, *, arch="tiny", steps=1, seed=0, progress=False):
+        made["pretrain"].append((Path(world_dir), Path(out_file), steps, seed))
+        make_pretrained(Path(out_file))
+        return {"steps": steps}
+
+    monkeypatch.setitem(sys.modules, "vclip.data.world", types.SimpleNamespace(generate_world=generate_world))
+    monkeypatch.setitem(sys.modules, "vclip.pretrain", types.SimpleNamespace(pretrain=pretrain, DEFAULT_ARCH="tiny"))
+    cfg = small_config(tmp_path, protocols=small_protocols(), pretrain={"steps": 3, "seed": 5})
+    out = tmp_path / "suite"
+    args = ["suite", "--out", str(out), "--config", str(cfg), "--methods", "clip", "--protocols", "zero-shot",
+            "--workers", "2"]
+    assert main(args) == 0
+    assert made["world"] == [(out / "world", "quick", 2, 0)]
+    assert made["pretrain"] == [((out / "world").resolve(), out / "pretrained" / "clip.pt", 3, 5)]
+    row = yaml.safe_load((out / "configs" / "clip.yaml").read_text())
+    assert row["model"] == {"method": "clip", "arch": "tiny",
+                            "pretrained": str((out / "pretrained" / "clip.pt").resolve())}
+    assert row["data"]["image_size"] == 32  # the pretrained file's own resolution
+    data = json.loads((out / "suite.json").read_text())
+    assert data["pretrained"]["info"] == {"steps": 3} and len(data["pretrained"]["sha256"]) == 64
+    assert main(args) == 0
+    assert len(made["world"]) == 1 and len(made["pretrain"]) == 1
+
+
+def test_missing_contract_modules_and_bad_input(tmp_path, world, pretrained, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "vclip.data.world", None)  # import fails
+    assert main(["suite", "--out", str(tmp_path / "a"), "--pretrained", str(pretrained), "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "vclip.data.world.generate_world is not available" in err and "--world" in err
+    assert main(suite_args(tmp_path / "b", world, pretrained, QUICK, "--methods", "clip,nope")) == 2
+    assert "--methods: unknown method 'nope'" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"run": {}, "protocols": {"few_shot": {"shot": [1]}}}))
+    assert main(suite_args(tmp_path / "c", world, pretrained, bad)) == 2
+    assert "protocols.few_shot.shot: unknown option" in capsys.readouterr().err
+
+
+def test_ost_runs_with_descriptor_files(tmp_path, synth_protocol_data, pretrained):
+    """With the descriptor files the config names, OST's cells run instead of being skipped."""
+    from vclip.data.annotations import read_label_csv
+    from vclip.protocols.runner import load_data_spec
+    from vclip.text.descriptors import DescriptorSet, write_descriptors
+
+    w = make_world(synth_protocol_data, tmp_path / "world")
+    names = sorted({n for ds in load_data_spec(w / "spec.yaml").values() for n in read_label_csv(ds.labels)})
+    for kind, tag in (("spatial", "ost-spatio"), ("temporal", "ost-temporal")):
+        (w / "descriptors").mkdir(exist_ok=True)
+        write_descriptors(w / "descriptors" / f"ost_{kind}.json",
+                          DescriptorSet(tag, names, [[f"{n} {kind} a", f"{n} {kind} b"] for n in names]))
+    cfg = small_config(tmp_path, protocols=small_protocols())
+    out = tmp_path / "suite"
+    assert main(suite_args(out, w, pretrained, cfg, "--methods", "ost", "--protocols", "zero-shot")) == 0
+    c = json.loads((out / "cells" / "ost__zero_shot.json").read_text())
+    assert c["status"] == "done" and set(c["columns"]) == {"UCF-101", "HMDB-51", "K600"}
+
+
+def test_figures_of_a_result_by_hand():
+    """Means, stds, HM of the seed means and chance levels of a base-to-novel result written by hand
+    (two seeds; 4 base and 2 novel classes)."""
+    sub = {}
+    for seed, (b, n) in {1: (0.5, 0.2), 2: (0.7, 0.4)}.items():
+        sub[f"b2n_ucf101_s{seed}_base"] = {"kind": "eval", "dataset": "ucf101", "classes": "base", "num_classes": 4,
+                                           "top1": b}
+        sub[f"b2n_ucf101_s{seed}_novel"] = {"kind": "eval", "dataset": "ucf101", "classes": "novel", "num_classes": 2,
+                                            "top1": n}
+    from vclip.protocols.aggregate import summarise_base_novel
+
+    summary = summarise_base_novel({"ucf101": {1: {"base": 0.5, "novel": 0.2}, 2: {"base": 0.7, "novel": 0.4}}})
+    cols = S.chance_columns("base_to_novel", {"summary": summary, "sub_runs": sub})
+    assert cols["UCF-101 base"]["mean"] == pytest.approx(0.6) and cols["UCF-101 base"]["std"] == pytest.approx(0.1)
+    assert cols["UCF-101 base"]["chance"] == pytest.approx(0.25) and cols["UCF-101 novel"]["chance"] == pytest.approx(0.5)
+    hm = cols["UCF-101 HM"]
+    assert hm["mean"] == pytest.approx(2 * 0.6 * 0.3 / 0.9)  # HM of the means, not the mean of the HMs
+    per_seed = [2 * 0.5 * 0.2 / 0.7, 2 * 0.7 * 0.4 / 1.1]
+    assert hm["std"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / 2)
+    assert hm["chance"] == pytest.approx(1 / 3)
+    assert S.headline("base_to_novel", cols) == ("HM, mean over sets", pytest.approx(0.4), pytest.approx(1 / 3))
+    few = S.chance_columns("few_shot", {"summary": {"hmdb51": {2: {"values": [0.3]}, 16: {"values": [0.5, 0.7]}}},
+                                        "sub_runs": {"a": {"kind": "eval", "dataset": "hmdb51", "shots": 16,
+                                                           "num_classes": 10},
+                                                     "b": {"kind": "eval", "dataset": "hmdb51", "shots": 2,
+                                                           "num_classes": 5}}})
+    assert few["HMDB-51 K=2"]["chance"] == pytest.approx(0.2)
+    assert S.headline("few_shot", few) == ("HMDB-51 K=16", pytest.approx(0.6), pytest.approx(0.1))
+    sup = S.chance_columns("fully_supervised", {"summary": {"k400": {"1x1": {"top1": 0.5, "top5": 0.9}}},
+                                                "sub_runs": {"x": {"kind": "eval", "dataset": "k400",
+                                                                   "num_classes": 20}}})
+    assert sup == {"K400 1x1 top-1": {"mean": 0.5, "std": 0.0, "n": 1, "values": [0.5], "chance": 0.05},
+                   "K400 1x1 top-5": {"mean": 0.9, "std": 0.0, "n": 1, "values": [0.9], "chance": 0.25}}
+
+
+def test_few_shot_plan(synth_protocol_data, tmp_path):
+    """K values above the fewest training videos of a class are dropped unless the spec has their
+    K-shot file; the batch is capped at the smallest K-shot set."""
+    from vclip.protocols.runner import load_data_spec
+
+    ds = load_data_spec(synth_protocol_data / "spec.yaml")["hmdb51"]  # 6 classes, 4 training videos each
+    assert S.few_shot_plan(ds, [1, 2, 4, 8], 4) == ([1, 2, 4], {
+        "dropped_shots": [8], "why": "hmdb51: a class has only 4 training videos in split 1 and the spec has no "
+                                     "K-shot file for K = 8"})
+    assert S.few_shot_plan(ds, [1, 2], 8)[1] == {"batch_size": 6}
+    (tmp_path / "fs_8.txt").write_text("x 0\n")
+    ds.raw = dict(ds.raw, few_shot=str(tmp_path / "fs_{shots}.txt"))
+    assert S.few_shot_plan(ds, [4, 8, 16], 8)[0] == [4, 8]
+    with pytest.raises(S.ConfigError, match="none of K"):
+        S.few_shot_plan(ds, [16], 8)
+
+
+def test_signal_during_a_cell(tmp_path, world, pretrained, monkeypatch, capsys):
+    """SIGINT inside a cell's training: the shell's exit code, and the message says to rerun the suite."""
+    import vclip.engine.trainer as trainer_mod
+    from vclip.errors import TrainingInterrupted
+
+    def interrupted(cfg, resume=None):
+        raise TrainingInterrupted(f"training interrupted by SIGINT; resume with: vclip train -c {cfg.run_dir}",
+                                  signum=2, exit_code=130, resume_command="x", checkpoint="y")
+
+    monkeypatch.setattr(trainer_mod, "train", interrupted)
+    cfg = small_config(tmp_path, protocols=small_protocols())
+    out = tmp_path / "suite"
+    assert main(suite_args(out, world, pretrained, cfg, "--methods", "clip", "--protocols", "few-shot")) == 130
+    err = capsys.readouterr().err
+    assert "training interrupted by SIGINT; finished cells are kept in" in err
+    assert "run the same vclip suite command again" in err
+    # the baseline's cell (no training) finished before; the interrupted one is not written
+    assert sorted(p.stem for p in (out / "cells").glob("*.json")) == ["clip-zero-shot__few_shot"]
+
+
+@pytest.mark.slow
+def test_quick_suite_from_scratch(tmp_path):
+    """`vclip suite --quick` as documented, world and pretraining included (the CI smoke test; it
+    runs once vclip.data.world and vclip.pretrain exist): every cell present, finite or skipped."""
+    pytest.importorskip("vclip.data.world")
+    pytest.importorskip("vclip.pretrain")
+    out = tmp_path / "suite"
+    assert main(["suite", "--out", str(out), "--quick"]) == 0
+    data = json.loads((out / "suite.json").read_text())
+    assert len(data["cells"]) == len(data["rows"]) * 4
+    for name, c in data["cells"].items():
+        assert c["status"] in ("done", "skipped"), (name, c.get("reason"))
+        assert c["status"] == "skipped" and c["reason"] or all(math.isfinite(v["mean"])
+                                                               for v in c["columns"].values())
+    assert (out / "suite.md").is_file() and (out / "suite.png").is_file()

@@ -1,0 +1,836 @@
+"""``vclip suite``: the methods × protocols table on the synthetic world (docs/suite.md).
+
+One command fills the table every paper prints, from one pretrained small CLIP:
+
+* rows: CLIP-mean **zero-shot** (the pretrained CLIP, no training: the baseline row), then every
+  method registered in :data:`vclip.methods.METHODS` (a method that lands later gets its row
+  without any change here), each fine-tuned from the same pretrained file;
+* cells: the four protocols, run by the protocols' own runners (:mod:`vclip.protocols.runner`, what
+  ``vclip run`` calls): fully-supervised on the source set (``k400``), zero-shot ``k400`` → targets,
+  few-shot K = 2/4/8/16 on one target, base-to-novel on each set;
+* budgets (steps/epochs), seeds, frames and sizes come from a suite config file
+  (``configs/suite/{quick,default}.yaml``).
+
+Every cell is saved atomically as ``OUT/cells/<row>__<protocol>.json`` once it finishes; a rerun
+skips finished cells (and, inside an interrupted cell, the runner's finished sub-runs), so an
+interrupted suite continues where it stopped. A cell a method cannot run because an asset it needs
+is missing (OST's descriptor files) is recorded as *skipped* with the reason; a cell that fails is
+recorded as *failed* with the error and retried by the next run. The zero-shot cell of a method
+evaluates the checkpoint its fully-supervised cell trained on ``k400`` (the papers' zero-shot model
+*is* the K400-trained one); without that cell it trains the same model itself.
+
+Outputs: ``OUT/suite.md`` (tables, mean ± std over the protocol's splits/seeds/draws, chance row),
+``OUT/suite.json`` (every figure with the ``vclip run`` command that reproduces it, the machine,
+date and git commit) and ``OUT/suite.png``.
+
+When ``--world``/``--pretrained`` are not given, the world (:func:`vclip.data.world.generate_world`)
+and the pretrained CLIP (:func:`vclip.pretrain.pretrain`) are made under ``OUT/`` first (and reused
+by a rerun).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import yaml
+
+from vclip.errors import ConfigError, TrainingInterrupted, VclipError
+from vclip.io import atomic_write_bytes, atomic_write_text
+from vclip.protocols import aggregate
+
+log = logging.getLogger(__name__)
+
+FORMAT = "vclip-suite/1"
+#: the suite configs shipped with vclip (``--quick`` selects the first)
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "suite"
+#: the row of the pretrained CLIP evaluated without training
+BASELINE = "clip-zero-shot"
+BASELINE_LABEL = "CLIP-mean zero-shot (no training)"
+#: the order of the protocols in the tables
+ORDER = ("fully_supervised", "zero_shot", "few_shot", "base_to_novel")
+TITLES = {"fully_supervised": "Fully-supervised", "zero_shot": "Zero-shot", "few_shot": "Few-shot",
+          "base_to_novel": "Base-to-novel"}
+#: the keys a suite config may hold
+CONFIG_KEYS = {"world", "pretrain", "arch", "run", "methods", "protocols"}
+PROTOCOL_KEYS = {
+    "fully_supervised": {"dataset", "views", "overrides"},
+    "zero_shot": {"train_dataset", "datasets", "k600_seeds", "k600_classes", "overrides"},
+    "few_shot": {"dataset", "shots", "seeds", "overrides"},
+    "base_to_novel": {"datasets", "seeds", "shots", "overrides"},
+}
+
+
+# ------------------------------------------------------------------------------- config
+def config_path(quick: bool, path: str | None = None) -> Path:
+    if path:
+        return Path(path)
+    p = CONFIG_DIR / ("quick.yaml" if quick else "default.yaml")
+    if not p.is_file():
+        raise ConfigError(f"the suite config {p.name} ships in the repository's configs/suite/, not found at {p} "
+                          "(vclip installed without its repository?): pass --config FILE")
+    return p
+
+
+def load_suite_config(path) -> dict:
+    """The suite config at ``path``, checked: unknown keys, protocols and protocol options are
+    errors naming the file and the key."""
+    path = Path(path)
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"suite config {path}: no such file") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"suite config {path}: not valid YAML ({' '.join(str(e).split())})") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"suite config {path}: expected a mapping of {sorted(CONFIG_KEYS)}")
+    bad = sorted(set(cfg) - CONFIG_KEYS)
+    if bad:
+        raise ConfigError(f"suite config {path}: unknown key {bad[0]!r} (known: {', '.join(sorted(CONFIG_KEYS))})")
+    protocols = cfg.get("protocols") or {}
+    for name, opts in protocols.items():
+        if name not in PROTOCOL_KEYS:
+            raise ConfigError(f"suite config {path}: protocols.{name}: unknown protocol "
+                              f"(known: {', '.join(PROTOCOL_KEYS)})")
+        extra = sorted(set(opts or {}) - PROTOCOL_KEYS[name])
+        if extra:
+            raise ConfigError(f"suite config {path}: protocols.{name}.{extra[0]}: unknown option "
+                              f"(known: {', '.join(sorted(PROTOCOL_KEYS[name]))})")
+    for name, over in (cfg.get("methods") or {}).items():
+        if not isinstance(over, list) or not all(isinstance(o, str) and "=" in o for o in over):
+            raise ConfigError(f"suite config {path}: methods.{name}: expected a list of KEY=VALUE overrides")
+    return cfg
+
+
+# ------------------------------------------------------------------------------- cells
+@dataclass
+class Row:
+    name: str                 # file-name key: a method name or BASELINE
+    method: str               # the registered method it runs
+    label: str                # what the tables print
+    eval_only: bool = False
+
+
+@dataclass
+class Cell:
+    row: Row
+    protocol: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.row.name}__{self.protocol}"
+
+
+def chance_columns(protocol: str, result: dict) -> dict[str, dict]:
+    """The figures of one protocol result as ``{column: {"mean", "std", "n", "values", "chance"}}``
+    (fractions). ``chance`` is the accuracy of a uniform guess: 1/K for top-1 (K the classes of the
+    test set; averaged over splits/draws/seeds where K varies), min(5, K)/K for top-5, and for HM
+    the harmonic mean of the base and novel chances. HM's ``mean`` is the HM of the seed-averaged
+    base and novel accuracies (the papers'), its ``std`` that of the per-seed HMs."""
+    s = result["summary"]
+    evals = [v for v in result.get("sub_runs", {}).values() if v.get("kind") == "eval"]
+
+    def classes(**match) -> list[int]:
+        ks = [int(v["num_classes"]) for v in evals
+              if all(str(v.get(k)) == str(m) for k, m in match.items()) and v.get("num_classes")]
+        return ks
+
+    def chance(ks: list[int], top: int = 1) -> float | None:
+        return sum(min(top, k) / k for k in ks) / len(ks) if ks else None
+
+    def stat(values: Sequence[float], ch: float | None, mean: float | None = None) -> dict:
+        ms = aggregate.mean_std(values)
+        return {"mean": ms["mean"] if mean is None else mean, "std": ms["std"], "n": ms["n"],
+                "values": ms["values"], "chance": ch}
+
+    out: dict[str, dict] = {}
+    name = aggregate.DISPLAY.get
+    if protocol == "fully_supervised":
+        for ds, views in s.items():
+            for view, m in views.items():
+                ks = classes(dataset=ds)
+                out[f"{name(ds, ds)} {view} top-1"] = stat([m["top1"]], chance(ks))
+                if m.get("top5") is not None:
+                    out[f"{name(ds, ds)} {view} top-5"] = stat([m["top5"]], chance(ks, 5))
+    elif protocol == "zero_shot":
+        for ds, st in s.items():
+            out[name(ds, ds)] = stat(st["values"], chance(classes(dataset=ds)))
+    elif protocol == "few_shot":
+        for ds, by_k in s.items():
+            for k, st in sorted(by_k.items(), key=lambda kv: int(kv[0])):
+                out[f"{name(ds, ds)} K={k}"] = stat(st["values"], chance(classes(dataset=ds, shots=k)))
+    elif protocol == "base_to_novel":
+        for ds, v in s.items():
+            cb, cn = chance(classes(dataset=ds, classes="base")), chance(classes(dataset=ds, classes="novel"))
+            out[f"{name(ds, ds)} base"] = stat(v["base"]["values"], cb)
+            out[f"{name(ds, ds)} novel"] = stat(v["novel"]["values"], cn)
+            hm_c = aggregate.harmonic_mean(cb, cn) if cb is not None and cn is not None else None
+            out[f"{name(ds, ds)} HM"] = stat(list(v["hm_per_seed"].values()), hm_c, mean=v["hm"])
+    else:
+        raise ConfigError(f"unknown protocol {protocol!r}")
+    return out
+
+
+def headline(protocol: str, columns: dict[str, dict]) -> tuple[str, float | None, float | None]:
+    """One figure per protocol for the overview table: (what it is, value, chance)."""
+    def avg(cols: list[str]) -> tuple[float | None, float | None]:
+        if not cols:
+            return None, None
+        ch = [columns[c]["chance"] for c in cols]
+        return (sum(columns[c]["mean"] for c in cols) / len(cols),
+                sum(ch) / len(ch) if all(x is not None for x in ch) else None)
+
+    if protocol == "fully_supervised":
+        cols = [c for c in columns if c.endswith("top-1")][:1]
+        return (cols[0] if cols else "top-1"), *avg(cols)
+    if protocol == "zero_shot":
+        return "mean over targets", *avg(list(columns))
+    if protocol == "few_shot":
+        ks = [c for c in columns if " K=" in c]
+        last = max(ks, key=lambda c: int(c.rsplit("=", 1)[1])) if ks else None
+        return (last or "K"), *avg([last] if last else [])
+    if protocol == "base_to_novel":
+        return "HM, mean over sets", *avg([c for c in columns if c.endswith(" HM")])
+    raise ConfigError(f"unknown protocol {protocol!r}")
+
+
+# ------------------------------------------------------------------------------ machine
+def machine() -> dict:
+    import torch
+
+    return {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def git_commit() -> str | None:
+    """The commit of the vclip checkout (``+dirty`` when it has changes); None outside git."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# -------------------------------------------------------------------------------- suite
+@dataclass
+class Suite:
+    """One ``vclip suite`` output folder. ``world``/``pretrained`` None: made under ``out``."""
+
+    out: Path
+    config_file: Path
+    world: Path | None = None
+    pretrained: Path | None = None
+    methods: Sequence[str] | None = None
+    protocols: Sequence[str] | None = None
+    workers: int = 1
+    progress: bool = True
+    argv: Sequence[str] | None = None
+
+    def __post_init__(self):
+        from vclip.methods import METHODS
+        from vclip.protocols.runner import protocol_name
+
+        self.out = Path(self.out)
+        self.config_file = Path(self.config_file)
+        self.cfg = load_suite_config(self.config_file)
+        known = list(METHODS)
+        if self.methods:
+            bad = [m for m in self.methods if m not in known]
+            if bad:
+                raise ConfigError(f"--methods: unknown method {bad[0]!r} (registered: {', '.join(known)})")
+        self.method_names = [m for m in known if not self.methods or m in self.methods]
+        self.protocol_names = [p for p in ORDER if p in {protocol_name(x) for x in (self.protocols or ORDER)}]
+        for p in self.protocol_names:
+            if p not in (self.cfg.get("protocols") or {}):
+                raise ConfigError(f"suite config {self.config_file}: protocols.{p} is missing")
+        self.rows = [Row(BASELINE, "clip", BASELINE_LABEL, eval_only=True)]
+        self.rows += [Row(m, m, m) for m in self.method_names]
+        self.machine = machine()
+        self.commit = git_commit()
+
+    # ------------------------------------------------------------------ world and weights
+    def prepare(self) -> None:
+        """The world and the pretrained CLIP: given, found under OUT from an earlier run, or made."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.world_info: dict = {}
+        self.pretrain_info: dict = {}
+        if self.world is None:
+            self.world = self.out / "world"
+            if not (self.world / "spec.yaml").is_file() or not (self.world / "manifest.json").is_file():
+                gen = _contract("vclip.data.world", "generate_world", "--world")
+                wc = self.cfg.get("world") or {}
+                print(f"suite: generating the world in {self.world} (size {wc.get('size', 'default')})", flush=True)
+                self.world_info = gen(self.world, size=wc.get("size", "default"), workers=self.workers,
+                                      seed=int(wc.get("seed", 0))) or {}
+        self.world = Path(self.world).resolve()
+        self.spec = self.world / "spec.yaml"
+        if not self.spec.is_file():
+            raise ConfigError(f"--world {self.world}: no spec.yaml (a world made by `vclip data world`?)")
+        if self.pretrained is None:
+            self.pretrained = self.out / "pretrained" / "clip.pt"
+            if not self.pretrained.is_file():
+                pre = _contract("vclip.pretrain", "pretrain", "--pretrained")
+                pc = dict(self.cfg.get("pretrain") or {})
+                print(f"suite: pretraining the CLIP into {self.pretrained}", flush=True)
+                self.pretrain_info = pre(self.world, self.pretrained, progress=self.progress, **pc) or {}
+        self.pretrained = Path(self.pretrained).resolve()
+        if not self.pretrained.exists():
+            raise ConfigError(f"--pretrained {self.pretrained}: no such file")
+        self.base_config = self._base_config()
+
+    def _base_config(self) -> dict:
+        """The run config every cell starts from: the suite's ``run`` section, the pretrained
+        file, its architecture name, and its native image size where the config sets none."""
+        from vclip.config import deep_merge
+
+        base = deep_merge({}, self.cfg.get("run") or {})
+        arch = self.cfg.get("arch")
+        if arch is None:
+            try:
+                from vclip.pretrain import DEFAULT_ARCH as arch
+            except ImportError:
+                arch = None
+        model = {"pretrained": str(self.pretrained)}
+        if arch:
+            model["arch"] = arch
+        base = deep_merge(base, {"model": model})
+        if not (base.get("data") or {}).get("image_size"):
+            base = deep_merge(base, {"data": {"image_size": native_image_size(self.pretrained)}})
+        return base
+
+    # ------------------------------------------------------------------------ the cells
+    def cells(self) -> list[Cell]:
+        return [Cell(r, p) for r in self.rows for p in self.protocol_names]
+
+    def cell_path(self, cell: Cell) -> Path:
+        return self.out / "cells" / f"{cell.name}.json"
+
+    def row_config(self, row: Row) -> Path:
+        """``OUT/configs/<row>.yaml``: the base config with the row's method and its overrides."""
+        from vclip.config import deep_merge, parse_override
+
+        cfg = deep_merge(self.base_config, {"model": {"method": row.method}})
+        for o in (self.cfg.get("methods") or {}).get(row.method, []):
+            cfg = deep_merge(cfg, parse_override(o.replace("{world}", str(self.world))))
+        path = self.out / "configs" / f"{row.name}.yaml"
+        text = yaml.safe_dump(cfg, sort_keys=True)
+        if not path.is_file() or path.read_text() != text:
+            atomic_write_text(path, text)
+        return path
+
+    def key(self, cell: Cell) -> str:
+        """What a finished cell was computed from: a changed config, world or weights recomputes it."""
+        protocols = self.cfg.get("protocols") or {}
+        opts = protocols[cell.protocol]
+        if cell.protocol == "zero_shot" and not cell.row.eval_only and "fully_supervised" in self.protocol_names:
+            opts = {"zero_shot": opts, "reused_fully_supervised": protocols.get("fully_supervised")}
+        blob = json.dumps({"config": self.row_config(cell.row).read_text(), "protocol": opts,
+                           "world": str(self.world), "pretrained": str(self.pretrained),
+                           "eval_only": cell.row.eval_only}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def load_cell(self, cell: Cell) -> dict | None:
+        p = self.cell_path(cell)
+        if not p.is_file():
+            return None
+        try:
+            return json.loads(p.read_text())
+        except (OSError, ValueError):
+            log.warning("%s: unreadable, recomputing the cell", p)
+            return None
+
+    def run(self, on_cell: Callable[[Cell, dict], None] | None = None) -> dict:
+        """Every cell not finished yet, then the report. Returns the suite.json content."""
+        self.prepare()
+        cells = self.cells()
+        results: dict[str, dict] = {}
+        for i, cell in enumerate(cells, 1):
+            old = self.load_cell(cell)
+            key = self.key(cell)
+            if old and old.get("status") == "done" and old.get("key") == key:
+                results[cell.name] = old
+                print(f"suite [{i}/{len(cells)}] {cell.row.label} × {cell.protocol}: done earlier, kept", flush=True)
+                continue
+            if old and old.get("status") == "done":
+                log.info("%s: made with another config, world or pretrained file; recomputing", cell.name)
+            res = self.run_cell(cell, key, results)
+            results[cell.name] = res
+            what = {"done": "done", "skipped": f"skipped ({res.get('reason')})",
+                    "failed": f"FAILED ({res.get('reason')})"}[res["status"]]
+            print(f"suite [{i}/{len(cells)}] {cell.row.label} × {cell.protocol}: {what} "
+                  f"in {res.get('seconds', 0):.1f} s", flush=True)
+            if on_cell:
+                on_cell(cell, res)
+        return self.report(results)
+
+    def protocol_datasets(self, protocol: str) -> list[str]:
+        o = (self.cfg.get("protocols") or {})[protocol] or {}
+        if protocol in ("fully_supervised", "few_shot"):
+            return [o.get("dataset") or ("k400" if protocol == "fully_supervised" else "hmdb51")]
+        if protocol == "zero_shot":
+            return [o.get("train_dataset", "k400"), *o.get("datasets", ["ucf101", "hmdb51", "k600"])]
+        return list(o.get("datasets", ["k400", "ucf101", "hmdb51"]))
+
+    def missing_assets(self, cell: Cell, config_file: Path) -> str | None:
+        """Why the row's method cannot score the classes of the cell's datasets (a descriptor file
+        it needs is absent or lacks a class, ...), or None."""
+        from vclip.config import RunConfig, deep_merge, from_dict, read_yaml, validate
+        from vclip.data.annotations import read_label_csv
+        from vclip.methods import check_config, make_vocabulary
+        from vclip.protocols.runner import load_data_spec
+
+        spec = load_data_spec(self.spec)
+        try:
+            cfg = from_dict(RunConfig, deep_merge(read_yaml(config_file), {}))
+            validate(cfg)
+            check_config(cfg)
+            for ds in self.protocol_datasets(cell.protocol):
+                if ds not in spec:
+                    return f"dataset {ds!r} is not in {self.spec}"
+                make_vocabulary(cfg, read_label_csv(spec[ds].labels))
+        except VclipError as e:
+            return str(e)
+        return None
+
+    def run_cell(self, cell: Cell, key: str, done: dict) -> dict:
+        start = time.perf_counter()
+        config_file = self.row_config(cell.row)
+        record = {"format": FORMAT, "cell": cell.name, "row": cell.row.name, "label": cell.row.label,
+                  "method": cell.row.method, "protocol": cell.protocol, "key": key, "config": str(config_file),
+                  "machine": self.machine, "commit": self.commit}
+        reason = self.missing_assets(cell, config_file)
+        if reason is not None:
+            record.update(status="skipped", reason=reason, date=_now(), seconds=time.perf_counter() - start)
+            atomic_write_text(self.cell_path(cell), json.dumps(record, indent=1, default=str))
+            return record
+        self.claim_run_dir(cell, key)
+        try:
+            result, command = self.run_protocol(cell, config_file, done)
+            cols = chance_columns(cell.protocol, result)
+            bad = [c for c, v in cols.items() if not math.isfinite(v["mean"])]
+            if bad:
+                raise VclipError(f"non-finite figure in column {bad[0]!r}")
+            record.update(status="done", command=command, columns=cols, run_dir=result["run_dir"],
+                          trained_checkpoint=result.get("trained_checkpoint"),
+                          summary=result["summary"],
+                          extra={k: result.get(k) for k in ("splits", "seeds", "shots", "plan") if result.get(k)})
+        except (TrainingInterrupted, KeyboardInterrupt):
+            raise
+        except Exception as e:  # recorded, the suite goes on; the next run retries the cell
+            log.exception("suite cell %s failed", cell.name)
+            record.update(status="failed", reason=f"{type(e).__name__}: {' '.join(str(e).split())}")
+        record.update(date=_now(), seconds=time.perf_counter() - start)
+        atomic_write_text(self.cell_path(cell), json.dumps(record, indent=1, default=str))
+        return record
+
+    def claim_run_dir(self, cell: Cell, key: str) -> None:
+        """``OUT/runs/<cell>/`` for inputs ``key``: its finished sub-runs are reused only when they
+        were made from the same inputs; a folder made from others is moved aside to
+        ``OUT/runs/<cell>@<its key>`` (kept, never deleted) so the cell starts afresh."""
+        run_dir = self.out / "runs" / cell.name
+        stamp = run_dir / "suite_key.txt"
+        if run_dir.exists():
+            old = stamp.read_text().strip() if stamp.is_file() else "unknown"
+            if old != key:
+                aside = run_dir.with_name(f"{cell.name}@{old}")
+                n = 1
+                while aside.exists():
+                    aside, n = run_dir.with_name(f"{cell.name}@{old}.{n}"), n + 1
+                run_dir.rename(aside)
+                log.warning("%s: made from other inputs (config, world or weights); moved to %s", run_dir, aside)
+        atomic_write_text(stamp, key + "\n")
+
+    def run_protocol(self, cell: Cell, config_file: Path, done: dict) -> tuple[dict, str]:
+        """The cell through the protocol's runner; the result and the ``vclip run`` command that
+        does the same."""
+        from vclip.config import DataConfig
+        from vclip.protocols import runner as R
+
+        p, row = cell.protocol, cell.row
+        o = dict((self.cfg.get("protocols") or {})[p] or {})
+        overrides = [str(x).replace("{world}", str(self.world)) for x in o.get("overrides") or []]
+        run_dir = self.out / "runs" / cell.name
+        checkpoint = None
+        if p == "zero_shot" and not row.eval_only:
+            sup = done.get(f"{row.name}__fully_supervised")
+            if sup and sup.get("status") == "done" and sup.get("trained_checkpoint") and \
+                    Path(sup["trained_checkpoint"]).exists() and \
+                    (self.cfg["protocols"].get("fully_supervised") or {}).get("dataset", "k400") == \
+                    o.get("train_dataset", "k400"):
+                checkpoint = sup["trained_checkpoint"]
+        run = R.ProtocolRun(run_dir=run_dir, data=R.load_data_spec(self.spec), config_files=[str(config_file)],
+                            overrides=overrides, eval_only=row.eval_only, checkpoint=checkpoint, label=row.label)
+        cmd = ["vclip", "run", p.replace("_", "-"), "--data", str(self.spec), "--out", str(run_dir),
+               "-c", str(config_file), *overrides]
+        if row.eval_only:
+            cmd.append("--eval-only")
+        if checkpoint:
+            cmd += ["--checkpoint", checkpoint]
+        if p == "fully_supervised":
+            ds = o.get("dataset", "k400")
+            views = R.parse_views(o.get("views") or ["1x1"])
+            result = R.run_fully_supervised(run, [ds], views)
+            cmd += ["--datasets", ds, "--views", ",".join(f"{c}x{k}" for c, k in views)]
+            if not row.eval_only:
+                done_ckpt = run.checkpoint_of(f"sup_{ds}_train")
+                result["trained_checkpoint"] = done_ckpt
+        elif p == "zero_shot":
+            tr, dss = o.get("train_dataset", "k400"), list(o.get("datasets", ["ucf101", "hmdb51", "k600"]))
+            seeds = [int(s) for s in o.get("k600_seeds", [1, 2, 3])]
+            classes = int(o.get("k600_classes", 160))
+            result = R.run_zero_shot(run, tr, dss, seeds, classes, (1, 1), base_dataset=tr)
+            cmd += ["--train-dataset", tr, "--datasets", ",".join(dss), "--seeds", ",".join(map(str, seeds)),
+                    "--k600-classes", str(classes)]
+        elif p == "few_shot":
+            ds = o.get("dataset", "hmdb51")
+            seeds = [int(s) for s in o.get("seeds", [1])]
+            shots, notes = few_shot_plan(run.dataset(ds), [int(k) for k in o.get("shots", [2, 4, 8, 16])],
+                                         int((run.base.get("data") or {}).get("batch_size") or DataConfig.batch_size))
+            if notes.get("batch_size"):
+                overrides.append(f"data.batch_size={notes['batch_size']}")
+                run = R.ProtocolRun(run_dir=run_dir, data=run.data, config_files=[str(config_file)],
+                                    overrides=overrides, eval_only=row.eval_only, label=row.label)
+                cmd.insert(cmd.index("-c") + 2, overrides[-1])
+            result = R.run_few_shot(run, [ds], shots, seeds, (1, 1))
+            result["plan"] = notes
+            cmd += ["--datasets", ds, "--shots", ",".join(map(str, shots)), "--seeds", ",".join(map(str, seeds))]
+        else:
+            dss = list(o.get("datasets", ["k400", "ucf101", "hmdb51"]))
+            seeds = [int(s) for s in o.get("seeds", [1, 2, 3])]
+            shots = int(o.get("shots", 16))
+            result = R.run_base_to_novel(run, dss, seeds, shots, (1, 1))
+            cmd += ["--datasets", ",".join(dss), "--seeds", ",".join(map(str, seeds)), "--shots", str(shots)]
+        cmd += ["--label", row.label]
+        return result, " ".join(shlex.quote(c) for c in cmd)
+
+    # ----------------------------------------------------------------------------- report
+    def report(self, cells: dict[str, dict]) -> dict:
+        figures = []
+        for name, c in cells.items():
+            for col, v in (c.get("columns") or {}).items():
+                figures.append({"row": c["row"], "label": c["label"], "method": c["method"], "protocol": c["protocol"],
+                                "column": col, **v, "command": c.get("command"), "machine": c.get("machine"),
+                                "date": c.get("date"), "commit": c.get("commit")})
+        data = {
+            "format": FORMAT, "date": _now(), "command": " ".join(shlex.quote(a) for a in (self.argv or [])) or None,
+            "config_file": str(self.config_file), "config": self.cfg, "world": str(self.world),
+            "world_info": self.world_info or _read_json(self.world / "manifest.json", keep=("seed", "version",
+                                                                                              "generator", "size")),
+            "world_manifest_sha256": _sha256(self.world / "manifest.json")
+            if (self.world / "manifest.json").is_file() else None,
+            "pretrained": {"file": str(self.pretrained), "sha256": _sha256(self.pretrained) if self.pretrained.is_file()
+                           else None, "info": self.pretrain_info},
+            "machine": self.machine, "commit": self.commit,
+            "rows": [{"name": r.name, "method": r.method, "label": r.label, "eval_only": r.eval_only}
+                     for r in self.rows],
+            "protocols": self.protocol_names, "cells": cells, "figures": figures,
+        }
+        md = markdown(self, cells)
+        data["markdown"] = md
+        atomic_write_text(self.out / "suite.json", json.dumps(data, indent=1, default=str))
+        atomic_write_text(self.out / "suite.md", md)
+        plot(self, cells, self.out / "suite.png")
+        return data
+
+
+def few_shot_plan(ds, shots: Sequence[int], batch_size: int) -> tuple[list[int], dict]:
+    """The K values a few-shot cell runs: those with a K-shot file in the spec, or at most the
+    fewest training videos a class has in split 1 (a K-shot draw needs K per class); the others are
+    dropped and noted. The batch size is capped at the smallest K-shot training set (the trainer
+    needs one full batch per epoch), noted too."""
+    from collections import Counter
+
+    from vclip.data.annotations import read_split_file
+
+    tmpl = ds.raw.get("few_shot")
+    per_class = Counter(r.label for r in read_split_file(ds.train_list()))
+    fewest, classes = (min(per_class.values()), len(per_class)) if per_class else (0, 0)
+    kept, dropped = [], []
+    for k in shots:
+        official = tmpl and ds.path(str(tmpl).format(shots=k, k=k, seed=1)).is_file()
+        (kept if official or k <= fewest else dropped).append(k)
+    if not kept:
+        raise ConfigError(f"few-shot on {ds.name}: none of K = {list(shots)} is possible (the fewest training "
+                          f"videos of a class in {ds.train_list()} is {fewest}, and there are no K-shot files)")
+    notes: dict = {}
+    if dropped:
+        notes["dropped_shots"] = dropped
+        notes["why"] = (f"{ds.name}: a class has only {fewest} training videos in split 1 and the spec has no "
+                        f"K-shot file for K = {', '.join(map(str, dropped))}")
+    smallest = min(kept) * classes
+    if classes and smallest < batch_size:
+        notes["batch_size"] = smallest
+    return kept, notes
+
+
+def _read_json(path: Path, keep: Sequence[str]) -> dict:
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: d[k] for k in keep if k in d} if isinstance(d, dict) else {}
+
+
+def _contract(module: str, name: str, option: str):
+    """``module.name`` (imported now: the world and pretraining modules may land after the suite)."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"{module}.{name} is not available in this vclip ({type(e).__name__}: {e}); "
+                          f"pass {option} to use an existing one") from None
+
+
+def native_image_size(path: Path) -> int:
+    """The input resolution a CLIP weight file was trained at (from its positional embedding)."""
+    from vclip.backbone import convert
+    from vclip.backbone.weights import read_state_dict
+
+    p = Path(path)
+    if p.is_dir():
+        cfg_file = p / "config.json"
+        if cfg_file.is_file():
+            meta = json.loads(cfg_file.read_text())
+            clip = meta.get("clip", meta)
+            size = (clip.get("vision") or {}).get("image_size") or (meta.get("vision_config") or {}).get("image_size")
+            if size:
+                return int(size)
+        raise ConfigError(f"{p}: cannot tell its image size; set run.data.image_size in the suite config")
+    try:
+        sd = convert.to_vclip(read_state_dict(p))
+        return int(convert.infer_config(sd).vision.image_size)
+    except VclipError as e:
+        raise ConfigError(f"--pretrained {p}: {e}; or set run.data.image_size in the suite config") from None
+
+
+# ---------------------------------------------------------------------------- markdown
+def _fmt(v: dict | None, pm: bool = True) -> str:
+    if not v:
+        return "–"
+    if pm and v.get("n", 1) > 1:
+        return f"{100 * v['mean']:.1f} ± {100 * v['std']:.1f}"
+    return f"{100 * v['mean']:.1f}"
+
+
+def _chance(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def markdown(suite: Suite, cells: dict[str, dict]) -> str:
+    """suite.md: an overview (one figure per protocol) and one table per protocol, rows = the
+    baseline and the methods, plus a chance row; skipped/failed cells with their reasons below."""
+    rows = suite.rows
+    lines = ["# vclip suite", "",
+             f"World `{suite.world}`, pretrained CLIP `{suite.pretrained}`, config `{suite.config_file}`; "
+             f"commit {suite.commit or 'unknown'}; {suite.machine['platform']}, {suite.machine['cpus']} CPUs, "
+             f"torch {suite.machine['torch']}; written {_now()}.", "",
+             f"Command: `{' '.join(shlex.quote(a) for a in suite.argv or []) or 'vclip suite'}`; compute time of "
+             f"the cells {sum(c.get('seconds', 0) for c in cells.values()) / 60:.1f} min (as each was computed).", "",
+             "Top-1 accuracy in % (mean ± std over the protocol's splits, K600 draws or seeds; population std). "
+             "`chance` is a uniform guess over the test set's classes. Every figure's `vclip run` command is "
+             "in suite.json.", ""]
+    notes: list[str] = []
+
+    def cell_text(row: Row, p: str, col: str | None) -> str:
+        c = cells.get(f"{row.name}__{p}")
+        if not c:
+            return "–"
+        if c["status"] != "done":
+            return c["status"]
+        return _fmt((c.get("columns") or {}).get(col)) if col else "–"
+
+    # overview
+    heads = []
+    for p in suite.protocol_names:
+        what = None
+        for r in rows:
+            c = cells.get(f"{r.name}__{p}")
+            if c and c.get("status") == "done":
+                what = headline(p, c["columns"])[0]
+                break
+        heads.append((p, what))
+    lines += ["## Overview", "",
+              "| Method | " + " | ".join(f"{TITLES[p]} ({w or '–'})" for p, w in heads) + " |",
+              "|---|" + "---|" * len(heads)]
+    chance_row: list[str] = []
+    for r in rows:
+        vals = []
+        for p, _ in heads:
+            c = cells.get(f"{r.name}__{p}")
+            if not c or c["status"] != "done":
+                vals.append(c["status"] if c else "–")
+                continue
+            _, v, ch = headline(p, c["columns"])
+            vals.append("–" if v is None else f"{100 * v:.1f}")
+        lines.append(f"| {r.label} | " + " | ".join(vals) + " |")
+    for p, _ in heads:
+        ch = None
+        for r in rows:
+            c = cells.get(f"{r.name}__{p}")
+            if c and c.get("status") == "done":
+                ch = headline(p, c["columns"])[2]
+                break
+        chance_row.append(_chance(ch))
+    lines += ["| *chance* | " + " | ".join(chance_row) + " |", ""]
+
+    # one table per protocol
+    for p in suite.protocol_names:
+        cols: list[str] = []
+        chance: dict[str, float | None] = {}
+        for r in rows:
+            c = cells.get(f"{r.name}__{p}")
+            for col, v in ((c or {}).get("columns") or {}).items():
+                if col not in cols:
+                    cols.append(col)
+                    chance[col] = v.get("chance")
+        if not cols:
+            cols = ["–"]
+        lines += [f"## {TITLES[p]}", "", "| Method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+        for r in rows:
+            lines.append(f"| {r.label} | " + " | ".join(cell_text(r, p, col) for col in cols) + " |")
+        lines += ["| *chance* | " + " | ".join(_chance(chance.get(col)) for col in cols) + " |", ""]
+    for name, c in cells.items():
+        if c["status"] != "done":
+            notes.append(f"- {c['label']} × {c['protocol']}: **{c['status']}** — {c.get('reason')}")
+    if notes:
+        lines += ["## Cells not measured", "", *notes, ""]
+    plans = sorted({(c["protocol"], json.dumps((c.get("extra") or {}).get("plan"), sort_keys=True))
+                    for c in cells.values() if (c.get("extra") or {}).get("plan")})
+    if plans:
+        lines += ["## Notes", ""]
+        for p, plan in plans:
+            plan = json.loads(plan)
+            if plan.get("dropped_shots"):
+                lines.append(f"- {TITLES[p]}: K = {', '.join(map(str, plan['dropped_shots']))} not run ({plan['why']}).")
+            if plan.get("batch_size"):
+                lines.append(f"- {TITLES[p]}: batch size {plan['batch_size']} (the smallest K-shot training set).")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(suite: Suite, cells: dict[str, dict], path: Path) -> None:
+    """suite.png: one panel per protocol, a bar per row and column (± std), chance as a black tick."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    protocols = suite.protocol_names
+    fig = Figure(figsize=(4.5 * max(1, len(protocols)), 4.2))
+    FigureCanvasAgg(fig)
+    rows = suite.rows
+    for i, p in enumerate(protocols):
+        ax = fig.add_subplot(1, max(1, len(protocols)), i + 1)
+        cols: list[str] = []
+        chance: dict[str, float | None] = {}
+        for r in rows:
+            for col, v in ((cells.get(f"{r.name}__{p}") or {}).get("columns") or {}).items():
+                if col not in cols and not col.endswith("top-5"):
+                    cols.append(col)
+                    chance[col] = v.get("chance")
+        width = 0.8 / max(1, len(rows))
+        for j, r in enumerate(rows):
+            c = cells.get(f"{r.name}__{p}") or {}
+            xs, ys, es = [], [], []
+            for k, col in enumerate(cols):
+                v = (c.get("columns") or {}).get(col)
+                if v:
+                    xs.append(k - 0.4 + width * (j + 0.5))
+                    ys.append(100 * v["mean"])
+                    es.append(100 * v["std"])
+            if xs:
+                ax.bar(xs, ys, width, yerr=es, label=r.label if i == 0 else None, capsize=2)
+        for k, col in enumerate(cols):
+            if chance.get(col) is not None:
+                ax.hlines(100 * chance[col], k - 0.45, k + 0.45, colors="black", linestyles="dashed", linewidth=1)
+        ax.set_xticks(range(len(cols)))
+        ax.set_xticklabels(cols, rotation=60, ha="right", fontsize=7)
+        ax.set_ylim(0, 100)
+        ax.set_title(TITLES[p], fontsize=10)
+        if i == 0:
+            ax.set_ylabel("top-1 accuracy (%)")
+    if rows:
+        fig.legend(loc="upper center", ncol=min(len(rows), 5), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------------------------- CLI
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "suite", help="the methods x protocols table on the synthetic world (docs/suite.md)",
+        description="Run every registered method through the four protocols on the synthetic world, from one "
+                    "pretrained small CLIP, and write OUT/suite.md, suite.json and suite.png. Rerun to resume.")
+    p.add_argument("--out", required=True, metavar="DIR", help="suite folder (rerun with the same DIR to resume)")
+    p.add_argument("--quick", action="store_true", help="the CI smoke size (configs/suite/quick.yaml)")
+    p.add_argument("--config", metavar="FILE", help="suite config (default configs/suite/default.yaml, "
+                                                    "or quick.yaml with --quick)")
+    p.add_argument("--world", metavar="DIR", help="an existing world (default: generate one in OUT/world)")
+    p.add_argument("--pretrained", metavar="FILE", help="an existing pretrained CLIP (default: pretrain one into "
+                                                        "OUT/pretrained/clip.pt)")
+    p.add_argument("--methods", help="comma-separated registered methods (default: all)")
+    p.add_argument("--protocols", help="comma-separated protocols (default: all four)")
+    p.add_argument("--workers", type=int, default=1, help="processes generating the world")
+    p.set_defaults(handler=_cli)
+
+
+def _cli(args) -> int:
+    def names(text):
+        return [x.strip() for x in text.split(",") if x.strip()] if text else None
+
+    if args.workers < 1:
+        raise ConfigError(f"--workers: expected >= 1, got {args.workers}")
+    argv = ["vclip", "suite", "--out", args.out] + (["--quick"] if args.quick else [])
+    for opt in ("config", "world", "pretrained", "methods", "protocols"):
+        if getattr(args, opt):
+            argv += [f"--{opt}", getattr(args, opt)]
+    if args.workers != 1:
+        argv += ["--workers", str(args.workers)]
+    suite = Suite(out=Path(args.out), config_file=config_path(args.quick, args.config),
+                  world=Path(args.world) if args.world else None,
+                  pretrained=Path(args.pretrained) if args.pretrained else None,
+                  methods=names(args.methods), protocols=names(args.protocols), workers=args.workers, argv=argv)
+    try:
+        data = suite.run()
+    except TrainingInterrupted as e:
+        raise TrainingInterrupted(f"{e.args[0].split('; resume with:')[0]}; finished cells are kept in "
+                                  f"{suite.out}/cells: run the same vclip suite command again to continue",
+                                  signum=e.signum, exit_code=e.exit_code, resume_command="vclip suite",
+                                  checkpoint=e.checkpoint) from None
+    print(data["markdown"], end="")
+    bad = [n for n, c in data["cells"].items() if c["status"] == "failed"]
+    print(f"suite: {suite.out}/suite.md, suite.json, suite.png"
+          + (f"; {len(bad)} cell(s) failed (rerun to retry): {', '.join(bad)}" if bad else ""))
+    return 1 if bad else 0
