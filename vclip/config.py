@@ -137,6 +137,12 @@ class TrainConfig:
     #: also checkpoint every N optimizer steps inside an epoch (None: at epoch ends only)
     save_every: Optional[int] = None
     log_every: int = 10
+    #: host checks (loss terms and gradient norm exchanged and checked for non-finite values, stop
+    #: signals agreed on) every N optimizer steps, and at every logging, saving and epoch-end step;
+    #: the steps between make no host sync. A non-finite value between checks stops the run at the
+    #: next check (nothing saved after it). null: 1 on the CPU, ``log_every`` on CUDA; always 1
+    #: when ``max_nonfinite_skips`` > 0 (skipping a step needs its check)
+    check_every: Optional[int] = None
     compile: bool = False
 
 
@@ -153,6 +159,10 @@ class EvalConfig:
     #: sample the temporal views randomly as the official repos do (not deterministic)
     compat_random_test_clips: bool = False
     confusion_png: bool = True
+    #: torch.compile the per-batch scoring (video tower + head; class features encoded once):
+    #: null (off), "default", "reduce-overhead" (CUDA graphs replayed for the fixed batch shape;
+    #: the last, smaller batch records its own) or "max-autotune"
+    compile: Optional[Literal["default", "reduce-overhead", "max-autotune"]] = None
 
     def epoch_view_counts(self) -> tuple[int, int]:
         """(clips, crops) of the evaluations during training: ``epoch_views`` parsed, or
@@ -348,6 +358,7 @@ def validate(cfg: RunConfig) -> None:
         if value < 1:
             raise ConfigError(f"{key}: must be >= 1, got {value}")
     optional_positive = {"train.max_steps": t.max_steps, "train.save_every": t.save_every,
+                         "train.check_every": t.check_every,
                          "data.eval_batch_size": d.eval_batch_size}
     for key, value in optional_positive.items():
         if value is not None and value < 1:

@@ -22,6 +22,29 @@ from vclip.engine.runtime import autocast_dtype, seed_everything
 from vclip.errors import CheckpointError, EvaluationError
 
 
+def scoring_function(method, mode: str | None, device: torch.device):
+    """``fn(views, class_features) -> logits``: the method's per-batch scoring, compiled with
+    ``torch.compile(mode=mode)`` when ``mode`` is set (``eval.compile``; static shapes). With
+    "reduce-overhead" on CUDA every call starts a new CUDA-graph step and returns a copy (a replay
+    overwrites the graph's output memory)."""
+
+    def score(views, class_features):
+        return method(views, class_features).logits
+
+    if mode is None:
+        return score
+    compiled = torch.compile(score, mode=mode, dynamic=False)
+    graphs = mode == "reduce-overhead" and device.type == "cuda"
+
+    def run(views, class_features):
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        out = compiled(views, class_features)
+        return out.clone() if graphs else out
+
+    return run
+
+
 def evaluate_method(method, dataset, vocab, cfg, dist: DistInfo, logger=None,
                     subsets: Mapping[str, Sequence[int]] | None = None, return_scores: bool = False) -> dict:
     """Score ``dataset`` (built by ``vclip.engine.data.eval_dataset``) with ``method``.
@@ -42,6 +65,9 @@ def evaluate_method(method, dataset, vocab, cfg, dist: DistInfo, logger=None,
     failed: list[dict] = []
     batches = logger.progress(loader, total=len(loader), desc="eval") if logger else loader
     with torch.no_grad(), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        # the vocabulary is encoded once (the method's cache), never per batch
+        class_features = method.class_features(vocab) if hasattr(method, "class_features") else vocab
+        score = scoring_function(method, cfg.eval.compile, device)
         for batch in batches:
             video = batch["video"]
             if video.dim() == 5:  # one view: [B, T, 3, H, W]
@@ -55,7 +81,7 @@ def evaluate_method(method, dataset, vocab, cfg, dist: DistInfo, logger=None,
                 continue
             views = video[valid]
             b, v = views.shape[:2]
-            logits = method(views.flatten(0, 1).to(device, non_blocking=True), vocab).logits.float()
+            logits = score(views.flatten(0, 1).to(device, non_blocking=True), class_features).float()
             scores = aggregate_views(logits.view(b, v, -1), cfg.eval.aggregation)
             acc.add(scores, batch["label"][valid], batch["index"][valid])
     if was_training:

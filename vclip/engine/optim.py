@@ -38,7 +38,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from vclip.errors import ConfigError
 from vclip.methods.base import NO_DECAY_KEYWORDS, default_decays
 
-__all__ = ["NO_DECAY_KEYWORDS", "param_groups", "build_optimizer", "build_method_optimizer", "WarmupCosine",
+__all__ = ["NO_DECAY_KEYWORDS", "param_groups", "build_optimizer", "fused_by_default", "build_method_optimizer", "WarmupCosine",
            "warmup_cosine_lr", "timm_cosine_lr", "SCHEDULES"]
 
 
@@ -118,6 +118,14 @@ def param_groups(
     return groups
 
 
+def fused_by_default(params) -> bool:
+    """Whether ``build_optimizer(fused=None)`` picks the fused AdamW kernel: when every trainable
+    parameter is a floating-point CUDA tensor (one kernel launch per step for all parameters, the
+    step counters on the device: no host sync); on the CPU torch's default (foreach)."""
+    params = list(params)
+    return bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
+
+
 def build_optimizer(
     model: nn.Module,
     *,
@@ -140,7 +148,7 @@ def build_optimizer(
     params = [p for g in groups for p in g["params"]]
     kwargs: dict[str, Any] = {}
     if fused is None:
-        if all(p.is_cuda and p.is_floating_point() for p in params):
+        if fused_by_default(params):
             kwargs["fused"] = True
     else:
         kwargs["fused"] = bool(fused)

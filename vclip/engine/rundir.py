@@ -25,6 +25,7 @@ __all__ = ["RESUME_FREE_KEYS", "RUN_FILES", "any_rank", "config_changes", "prepa
 #: run lives, and bookkeeping that changes nothing the run computes (the data order and every
 #: augmentation draw do not depend on the number of workers)
 RESUME_FREE_KEYS = ("name", "output_dir", "data.num_workers", "train.log_every", "train.save_every",
+                    "train.check_every", "eval.compile",
                     "train.max_nonfinite_skips", "eval.confusion_png")
 
 #: what a training run writes into its directory (globs): a new run refuses a directory holding

@@ -4,7 +4,7 @@
     results = train(cfg, resume="auto")
 
 Per optimizer step: ``accum_steps`` micro-batches (DDP gradient all-reduce only on the last, via
-``no_sync``), autocast in the configured precision (GradScaler for fp16), gradient clipping, AdamW
+``no_sync``: :func:`accumulation_context`), autocast in the configured precision (GradScaler for fp16), gradient clipping, AdamW
 with the method's parameter groups, and the per-step warm-up + cosine schedule. The method computes
 its named loss terms inside its (DDP-wrapped, possibly compiled) ``forward(video, vocab, targets)``;
 the loss is ``Σ_k train.loss_weights[k] · term_k`` (default weights: the method's), and every term
@@ -12,6 +12,12 @@ is logged. The data order and every
 augmentation draw are functions of (seed, epoch, index), so a run resumed from a checkpoint —
 saved at the end of an epoch or every ``train.save_every`` steps — continues exactly where the
 interrupted one was.
+
+Host syncs: a step makes none unless it is a *check step* (every ``train.check_every`` steps, and
+every logging, saving, epoch-end and last step), where the loss terms and the gradient norm are
+exchanged, logged and checked; in between, finiteness is accumulated on the device and checked at
+the next check step. Frozen-text class features are taken from the method's cache outside the
+(possibly compiled) forward, which then gets tensors only.
 
 Run safety: a new run refuses a run directory that already holds a run (``resume="auto"`` continues
 it, ``overwrite=True`` deletes its files first); the directory is probed for writing before any
@@ -52,7 +58,7 @@ from vclip.methods import build_method, check_config, make_vocabulary
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train", "weighted_loss", "autocast_dtype", "seed_everything", "config_changes", "RESUME_FREE_KEYS"]
+__all__ = ["train", "weighted_loss", "accumulation_context", "resolve_check_every", "autocast_dtype", "seed_everything", "config_changes", "RESUME_FREE_KEYS"]
 
 def weighted_loss(losses: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
     """``Σ_k weights[k] · losses[k]`` over the terms a method returned (a term without a weight is
@@ -68,6 +74,27 @@ def weighted_loss(losses: dict[str, torch.Tensor], weights: dict[str, float]) ->
         part = term.float() * w if w != 1.0 else term.float()
         total = part if total is None else total + part
     return total
+
+
+def accumulation_context(model: torch.nn.Module, sync: bool):
+    """The context of one micro-batch's forward and backward: DDP's ``no_sync`` (gradients kept
+    local, no all-reduce) on every micro-batch of an accumulation but the last (``sync=False``);
+    a null context for the last one and for a model that is not DDP-wrapped."""
+    if not sync and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def resolve_check_every(train_cfg, device: torch.device) -> int:
+    """Optimizer steps between host checks (see ``train.check_every``): 1 when
+    ``max_nonfinite_skips`` > 0 (a skipped step needs its own check), else ``check_every``, else
+    ``log_every`` on CUDA (a sync drains the GPU queue) and 1 elsewhere (exact error steps)."""
+    t = train_cfg
+    if t.max_nonfinite_skips > 0:
+        return 1
+    if t.check_every is not None:
+        return t.check_every
+    return t.log_every if device.type == "cuda" else 1
 
 
 def train(cfg: RunConfig, resume: str | None = None, dist: DistInfo | None = None, *,
@@ -143,6 +170,9 @@ class _Run:
         # the config as given (before any build step could fill anything in): stored in every checkpoint
         self.config_dict, self.config_hash = cfg.to_dict(), cfg.digest()
         self.nonfinite_skips = 0  # optimizer steps skipped for a non-finite loss / gradient norm
+        self.check_every = resolve_check_every(cfg.train, self.device)
+        self._finite: torch.Tensor | None = None  # on-device: all finite since the last check step
+        self._checked_step = 0  # the last check step
         self.signal: int | None = None  # SIGINT / SIGTERM received: stop at the next step boundary
         self._stop = False  # every process agreed to stop (set at each optimizer step)
         seed_everything(cfg.train.seed + dist.rank)
@@ -194,7 +224,7 @@ class _Run:
         self.scaler.load_state_dict(state["scaler"])
         rank = self.dist.rank
         restore_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
-        self.step = meta["step"]
+        self.step = self._checked_step = meta["step"]
         self.nonfinite_skips = int(meta.get("nonfinite_skips", 0))
         log.info("resumed from %s at epoch %d, step %d", path, meta["epoch"], self.step)
         return meta["epoch"], meta["micro_in_epoch"]
@@ -261,8 +291,8 @@ class _Run:
                 step_losses[k] = step_losses.get(k, 0.0) + v / t.accum_steps
             if not sync:
                 continue
-            lr, terms = self._optimizer_step(step_losses)
-            if self.step % t.log_every == 0 or self.step == plan.total_steps:
+            lr, terms = self._optimizer_step(step_losses, check=self._check_step(micro))
+            if terms is not None and (self.step % t.log_every == 0 or self.step == plan.total_steps):
                 self.logger.log(self.step, epoch=epoch + micro / plan.micro_per_epoch, lr=lr, **terms)
             step_losses = {}
             saved = False
@@ -277,6 +307,13 @@ class _Run:
                 raise self._interrupted(epoch, micro)
         return False
 
+    def _check_step(self, micro: int) -> bool:
+        """Whether the optimizer step ending at micro-batch ``micro`` is a check step (the same on
+        every process: it depends on the step count and the plan only)."""
+        t, plan, n = self.cfg.train, self.plan, self.step + 1
+        return (n % self.check_every == 0 or n % t.log_every == 0 or n >= plan.total_steps
+                or bool(t.save_every and n % t.save_every == 0) or micro + t.accum_steps > plan.micro_per_epoch)
+
     def _micro_step(self, batch: dict, epoch: int, micro: int, sync: bool) -> dict[str, torch.Tensor]:
         """Forward and backward of one micro-batch (gradients all-reduced only when ``sync``); the
         detached loss and each term."""
@@ -288,21 +325,25 @@ class _Run:
             rng = np.random.default_rng([cfg.train.seed, epoch, micro, self.dist.rank])
             video, targets = self.mix(video, labels, rng=rng)
         smoothing = cfg.data.aug.label_smoothing if self.mix is None else 0.0
-        ddp = isinstance(self.model, torch.nn.parallel.DistributedDataParallel)
-        no_sync = self.model.no_sync() if ddp and not sync else contextlib.nullcontext()
+        # frozen text side: the cached class features (tensors) go into the forward, so a compiled
+        # forward holds no cache lookup; a trained text side is encoded inside it, with gradients
+        m = self.method
+        vocab = m.class_features(self.vocab) if hasattr(m, "class_features") and not m.text_trainable() else self.vocab
         amp = self.amp_dtype
-        with no_sync:
+        with accumulation_context(self.model, sync):
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                out = self.forward(video, self.vocab, targets, label_smoothing=smoothing)
+                out = self.forward(video, vocab, targets, label_smoothing=smoothing)
             loss = weighted_loss(out.losses, self.loss_weights)
             self.scaler.scale(loss / cfg.train.accum_steps).backward()
         terms = {"loss": loss.detach()}
         terms.update({k: v.detach().float() for k, v in out.losses.items() if k != "loss"})
         return terms
 
-    def _optimizer_step(self, step_losses: dict[str, torch.Tensor]) -> tuple[float, dict[str, float]]:
+    def _optimizer_step(self, step_losses: dict[str, torch.Tensor], check: bool = True
+                        ) -> tuple[float, dict[str, float] | None]:
         """Check, clip, step, schedule: the LR the step used and the step's loss terms averaged over
-        the processes. The gradient norm is computed at every step (clipped to ``train.clip_grad``
+        the processes (None when ``check`` is False: no host sync, finiteness accumulated on the
+        device for the next check step). The gradient norm is computed at every step (clipped to ``train.clip_grad``
         when set); a non-finite loss term or gradient norm stops the run, or skips the update
         within ``train.max_nonfinite_skips`` (see :meth:`_nonfinite`). Also agrees with the other
         processes on whether a signal asks to stop (``self._stop``)."""
@@ -311,9 +352,34 @@ class _Run:
         params = [p for p in self.method.parameters() if p.grad is not None]
         norm = (torch.nn.utils.get_total_norm([p.grad for p in params]) if params
                 else torch.zeros((), device=self.device))
+        if not check:
+            # fp16: an overflowing gradient is the GradScaler's business (it skips the step on the device)
+            watched = (*step_losses.values(),) + (() if self.scaler.is_enabled() else (norm,))
+            finite = torch.stack([torch.isfinite(v.detach().float()).all() for v in watched]).all()
+            self._finite = finite if self._finite is None else self._finite & finite
+            if t.clip_grad:
+                torch.nn.utils.clip_grads_with_norm_(params, t.clip_grad, norm)
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            self.step += 1
+            return lr, None
+        if self._finite is not None:
+            step_losses = {**step_losses, _FINITE: self._finite}
         # one exchange per step: the terms' means, the (same on every process) norm, any stop request
         stats = _mean_over_ranks({**step_losses, _NORM: norm, _STOP: float(self.signal is not None)})
         grad_norm, self._stop = stats.pop(_NORM), stats.pop(_STOP) > 0
+        earlier_finite = stats.pop(_FINITE, 1.0)
+        if earlier_finite < 1.0:  # some process saw a non-finite value at an unchecked step
+            first, last = self._checked_step + 1, self.step
+            raise TrainingError(
+                f"a non-finite loss term or gradient norm at one of steps {first}–{last} (host checks every "
+                f"train.check_every={self.check_every} steps); training stopped, nothing saved (last checkpoint: "
+                f"{self.ckpts.latest() or 'none'}); rerun with train.check_every=1 to find the step, then lower "
+                "train.lr, set train.clip_grad, or skip such steps with train.max_nonfinite_skips=N")
+        self._finite, self._checked_step = None, self.step + 1
         lr = self.optimizer.param_groups[0]["lr"]
         bad_terms = [k for k, v in stats.items() if not math.isfinite(v)]
         # fp16: an overflowing gradient is the GradScaler's business (it skips the step, lowers the scale)
@@ -454,7 +520,7 @@ class _Run:
         return results or {"training": summary}
 
 
-_NORM, _STOP = "\0grad_norm", "\0stop"  # internal entries of the per-step exchange
+_NORM, _STOP, _FINITE = "\0grad_norm", "\0stop", "\0finite"  # internal entries of the per-step exchange
 
 
 def _mean_over_ranks(values: dict[str, torch.Tensor]) -> dict[str, float]:
