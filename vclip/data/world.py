@@ -114,6 +114,10 @@ _FORWARD = {f: b for f, b in ORDER_PAIRS}
 
 #: generation sizes (``--size``)
 WORLD_SIZES: dict[str, dict] = {
+    # tests only: seconds to generate
+    "tiny": {"image": 32, "frames": 4, "fps": 8, "k400_units": 8, "k600_new_units": 2, "ucf101_units": (2, 2),
+             "hmdb51_units": (2, 1), "train_per_class": 2, "test_per_class": 1, "k600_per_class": 1,
+             "frames_train": 600, "frames_test": 200},
     "quick": {"image": 32, "frames": 8, "fps": 8, "k400_units": 12, "k600_new_units": 4, "ucf101_units": (3, 3),
               "hmdb51_units": (2, 2), "train_per_class": 4, "test_per_class": 2, "k600_per_class": 2,
               "frames_train": 1200, "frames_test": 300},
