@@ -159,3 +159,14 @@ def test_frame_captions_are_static_and_name_the_drawn_attributes(tiny_world):
             assert f"{o['colour']} {o['shape']}" in x["caption"]
     videos = [json.loads(x) for x in (tiny_world / "videos.jsonl").read_text().splitlines()]
     assert all(v["caption"] and (tiny_world / v["path"]).exists() for v in videos)
+
+
+def test_bad_arguments_and_another_world_in_the_folder_are_refused(tiny_world):
+    from vclip.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="holds a world of size 'tiny' seed 0"):
+        W.generate_world(tiny_world, size="quick", seed=0)
+    with pytest.raises(ConfigError, match="world size must be one of"):
+        W.generate_world(tiny_world / "x", size="huge")
+    with pytest.raises(ConfigError, match="--workers"):
+        W.generate_world(tiny_world / "x", size="tiny", workers=0)
