@@ -170,3 +170,19 @@ def test_bad_arguments_and_another_world_in_the_folder_are_refused(tiny_world):
         W.generate_world(tiny_world / "x", size="huge")
     with pytest.raises(ConfigError, match="--workers"):
         W.generate_world(tiny_world / "x", size="tiny", workers=0)
+
+
+def test_ost_descriptor_files_cover_every_dataset_by_name(tiny_world):
+    from vclip.protocols.runner import load_data_spec
+    from vclip.text.descriptors import read_descriptors
+
+    spec = load_data_spec(tiny_world / "spec.yaml")
+    for name, ds in spec.items():
+        names = read_label_csv(ds.labels)
+        for kind in ("spatial", "temporal"):
+            d = read_descriptors(tiny_world / "descriptors" / f"ost_{kind}.json", names)
+            assert d.class_names == names and all(len(x) == 2 for x in d.items)
+    sp, tp = W.ost_descriptors("red circle moving left")
+    assert "red circle" in sp[0] and "right" in tp[0] and tp[0].index("right") < tp[0].index("left")
+    # the backward member's stages are the forward member's in reverse order
+    assert W.ost_descriptors("red circle moving right")[1][0].startswith("it starts on the left")

@@ -60,7 +60,9 @@ Layout of ``OUT``
   classes, labels in the full list), ``ZS_split{1,2,3}_K600_eval.txt`` + ``ZS_split{s}_K600.csv``
   (three seeded draws of ¾ of the new classes, re-indexed: the official zero-shot format);
 
-``spec.yaml`` (the ``vclip run --data`` spec of the four datasets, paths relative to it),
+``descriptors/ost_spatial.json`` and ``descriptors/ost_temporal.json`` (OST's per-class descriptors,
+2 of each kind, written from each class's words: :func:`ost_descriptors`), ``spec.yaml`` (the
+``vclip run --data`` spec of the four datasets, paths relative to it),
 ``videos.jsonl`` (every video: dataset, path, class, split folds, caption, attributes, seed,
 reversed), ``frames.npy`` (uint8 ``[N, H, W, 3]`` still frames) with ``frames.jsonl`` (one line per
 frame: ``index``, ``split`` train/test, static ``caption``, ``objects``' attributes), and
@@ -116,13 +118,16 @@ _FORWARD = {f: b for f, b in ORDER_PAIRS}
 WORLD_SIZES: dict[str, dict] = {
     # tests only: seconds to generate
     "tiny": {"image": 32, "frames": 4, "fps": 8, "k400_units": 8, "k600_new_units": 2, "ucf101_units": (2, 2),
-             "hmdb51_units": (2, 1), "train_per_class": 2, "test_per_class": 1, "k600_per_class": 1,
+             "hmdb51_units": (2, 1), "train_per_class": 2, "target_train_per_class": 2, "test_per_class": 1,
+             "k600_per_class": 1,
              "frames_train": 600, "frames_test": 200},
     "quick": {"image": 32, "frames": 8, "fps": 8, "k400_units": 12, "k600_new_units": 4, "ucf101_units": (3, 3),
-              "hmdb51_units": (2, 2), "train_per_class": 4, "test_per_class": 2, "k600_per_class": 2,
+              "hmdb51_units": (2, 2), "train_per_class": 4, "target_train_per_class": 16, "test_per_class": 2,
+              "k600_per_class": 2,
               "frames_train": 1200, "frames_test": 300},
     "default": {"image": 64, "frames": 16, "fps": 8, "k400_units": 50, "k600_new_units": 16,
-                "ucf101_units": (12, 12), "hmdb51_units": (8, 8), "train_per_class": 16, "test_per_class": 4,
+                "ucf101_units": (12, 12), "hmdb51_units": (8, 8), "train_per_class": 16,
+                "target_train_per_class": 16, "test_per_class": 4,
                 "k600_per_class": 6, "frames_train": 8000, "frames_test": 1000},
 }
 DATASETS = ("k400", "ucf101", "hmdb51", "k600")
@@ -438,6 +443,64 @@ def render_frame(f: dict, h: int, w: int) -> np.ndarray:
     return render_video(p, h, w, 2)[0]
 
 
+# ----------------------------------------------------------------------------- descriptors
+_SHAPE_LOOK = {"circle": "round disc", "square": "shape with four equal sides and corners",
+               "triangle": "shape with three corners", "star": "six-pointed star"}
+_STAGES = {
+    "moving left": ["it starts on the right", "it slides to the left", "it ends on the left",
+                    "its position changes from right to left"],
+    "moving right": ["it starts on the left", "it slides to the right", "it ends on the right",
+                     "its position changes from left to right"],
+    "moving up": ["it starts near the bottom", "it rises upwards", "it ends near the top",
+                  "its position changes from bottom to top"],
+    "moving down": ["it starts near the top", "it falls downwards", "it ends near the bottom",
+                    "its position changes from top to bottom"],
+    "growing": ["it starts small", "it gets bigger", "it ends large", "its size increases over time"],
+    "shrinking": ["it starts large", "it gets smaller", "it ends small", "its size decreases over time"],
+    "rotating clockwise": ["its dot starts on one side", "it turns clockwise", "its dot ends further clockwise",
+                           "it turns the way a clock's hands do"],
+    "rotating counter-clockwise": ["its dot starts on one side", "it turns counter-clockwise",
+                                   "its dot ends further counter-clockwise", "it turns against a clock's hands"],
+    "appearing": ["at first nothing is there", "it fades in", "at the end it is clearly visible",
+                  "it becomes visible over time"],
+    "disappearing": ["at first it is clearly visible", "it fades out", "at the end nothing is there",
+                     "it becomes invisible over time"],
+    "still": ["it stays in one place", "it does not move", "its size stays the same", "nothing changes over time"],
+    "approaching": ["they start far apart", "they move towards each other", "they end close together",
+                    "the gap between them shrinks"],
+    "moving apart": ["they start close together", "they move away from each other", "they end far apart",
+                     "the gap between them grows"],
+}
+
+
+def ost_descriptors(name: str) -> tuple[list[str], list[str]]:
+    """(spatial, temporal) descriptors of a class, 2 each (``vclip suite`` runs OST with
+    ``num_descriptors=2``; the paper's files have 4), written by hand from its words — the stand-in
+    for OST's LLM-written ones: what it looks like; how the action unfolds, in order."""
+    c = parse_class(name)
+    s = c["shape"]
+    if c["two"]:
+        spatial = [f"two {plural(s)} of different colours", f"two {_SHAPE_LOOK[s]}s side by side"]
+    else:
+        spatial = [f"a {c['colour']} {s} with a small dot on it", f"a {c['colour']} {_SHAPE_LOOK[s]}"]
+    st = _STAGES[c["action"]]
+    return spatial, [f"{st[0]}, then {st[1]}", f"{st[2]}: {st[3]}"]
+
+
+def ost_descriptor_files() -> dict[str, str]:
+    """``descriptors/ost_spatial.json`` and ``descriptors/ost_temporal.json`` (vclip's descriptor
+    format, every class of the vocabulary, matched by name) as ``{relpath: text}``."""
+    names = all_classes()
+    per = [ost_descriptors(n) for n in names]
+    out = {}
+    for i, (kind, tag) in enumerate((("spatial", "ost-spatio"), ("temporal", "ost-temporal"))):
+        doc = {"format": "vclip-descriptors/1", "kind": tag, "num_per_class": 2,
+               "generator": {"name": "vclip.data.world", "version": GENERATOR_VERSION},
+               "class_names": names, "classes": {n: p[i] for n, p in zip(names, per)}}
+        out[f"descriptors/ost_{kind}.json"] = json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
+    return out
+
+
 # ------------------------------------------------------------------------------ generation
 def _video_job(args):
     p, h, w, frames, fps, path = args
@@ -522,9 +585,10 @@ def generate_world(out_dir, size: str = "quick", workers: int = 1, seed: int = 0
     ds_classes = {"k400": k400_classes, "ucf101": unit_classes(roles["ucf101"]),
                   "hmdb51": unit_classes(roles["hmdb51"]),
                   "k600": k400_classes + unit_classes(roles["k600_new"])}
-    ntr, nte = cfg["train_per_class"], cfg["test_per_class"]
+    nte = cfg["test_per_class"]
     for d_i, name in enumerate(DATASETS):
         classes = ds_classes[name]
+        ntr = cfg["train_per_class"] if name == "k400" else cfg["target_train_per_class"]
         if name == "k600":
             made = unit_classes(roles["k600_new"])
             per = cfg["k600_per_class"]
@@ -643,6 +707,7 @@ def generate_world(out_dir, size: str = "quick", workers: int = 1, seed: int = 0
         {"index": i, "split": f["split"], "caption": f["caption"], "objects": [_attrs(o) for o in f["objects"]]})
         + "\n" for i, f in enumerate(frame_entries))
     files["videos.jsonl"] = "".join(json.dumps(v) + "\n" for v in videos)
+    files.update(ost_descriptor_files())
     files["spec.yaml"] = _spec_yaml(info)
     for rel, text in files.items():
         atomic_write_text(out / rel, text)
@@ -718,7 +783,7 @@ def register_cli(data_subparsers) -> None:
         description=__doc__.split("\n\n")[0])
     p.add_argument("out", metavar="OUT", help="output folder")
     p.add_argument("--size", default="default", choices=list(WORLD_SIZES),
-                   help="quick: 32 px, 8 frames, ~300 videos (CI); default: 64 px, 16 frames, ~3500 videos")
+                   help="quick: 32 px, 8 frames, ~460 videos (CI); default: 64 px, 16 frames, ~3500 videos")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="parallel processes (default: min(4, CPUs)); the files do not depend on it")
