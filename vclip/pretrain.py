@@ -226,7 +226,7 @@ def pretrain(world_dir, out_file, *, arch: str = DEFAULT_ARCH, steps: int = DEFA
         losses.append(float(loss.detach()))
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
         if (step + 1) % save_every == 0 and step + 1 < steps:
             with atomic_write(state_file) as tmp:
                 torch.save({"args": args, "model": model.state_dict(), "optimizer": opt.state_dict(),
