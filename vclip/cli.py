@@ -35,6 +35,7 @@ COMMAND_MODULES = [
     "vclip.methods.wise",
     "vclip.protocols.commands",
     "vclip.bench.commands",
+    "vclip.pretrain",
 ]
 
 

@@ -113,6 +113,14 @@ CONFIGS: dict[str, CLIPConfig] = {
         vision=VisionConfig(image_size=64, patch_size=8, width=192, layers=4, heads=3),
         text=TextConfig(width=128, heads=2, layers=4),
     ),
+    # the world's CLIP (vclip pretrain, docs/suite.md): 64 px frames in 16 patches of 16 px, ~0.8 M
+    # parameters besides the token embedding; heads = width / 64 and QuickGELU, so OpenAI-layout files
+    # of it load by their shapes
+    "world-s": CLIPConfig(
+        embed_dim=128,
+        vision=VisionConfig(image_size=64, patch_size=16, width=128, layers=4, heads=2),
+        text=TextConfig(context_length=32, width=64, heads=1, layers=3),
+    ),
 }
 
 ALIASES = {

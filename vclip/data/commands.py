@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import importlib
 
-_MODULES = ["vclip.data.synthetic", "vclip.data.prepare"]
+_MODULES = ["vclip.data.synthetic", "vclip.data.prepare", "vclip.data.world"]
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("data", help="dataset tools: synth, prepare")
+    parser = subparsers.add_parser("data", help="dataset tools: synth, prepare, world")
     dsub = parser.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
     parser.set_defaults(handler=lambda args: parser.print_help() or 2)
     for name in _MODULES:

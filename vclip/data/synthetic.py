@@ -225,7 +225,7 @@ def _interp_matrix(n_out: int, n_in: int) -> np.ndarray:
     return m
 
 
-def _texture(seed: int, h: int, w: int, contrast: float = 1.0) -> np.ndarray:
+def texture(seed: int, h: int, w: int, contrast: float = 1.0) -> np.ndarray:
     """A world texture float32 [h, w, 3] in [0, 1]: smooth colour blobs, stripes, fine grain;
     ``contrast`` scales everything but the mean colour."""
     rng = np.random.default_rng(seed)
@@ -242,7 +242,7 @@ def _texture(seed: int, h: int, w: int, contrast: float = 1.0) -> np.ndarray:
     return np.clip(tex, 0, 1).astype(np.float32)
 
 
-def _regular(n: int, centre, radius: float, angle: float, stretch=(1.0, 1.0)) -> np.ndarray:
+def regular_polygon(n: int, centre, radius: float, angle: float, stretch=(1.0, 1.0)) -> np.ndarray:
     """Vertices [n, 2] (y, x) of a regular polygon; vertex 0 at ``angle`` (screen angle: 0 = +x,
     increasing clockwise since y points down)."""
     a = angle + 2 * math.pi * np.arange(n) / n
@@ -250,7 +250,7 @@ def _regular(n: int, centre, radius: float, angle: float, stretch=(1.0, 1.0)) ->
                      centre[1] + stretch[1] * radius * np.cos(a)], -1)
 
 
-def _poly_coverage(verts: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+def polygon_coverage(verts: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
     """Anti-aliased coverage of a convex polygon (distance to the farthest edge line)."""
     c = verts.mean(0)
     d = np.full(yy.shape, -np.inf, np.float32)
@@ -265,7 +265,7 @@ def _poly_coverage(verts: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndar
     return np.clip(0.5 - d, 0, 1)
 
 
-def _circle_coverage(centre, radius, yy, xx) -> np.ndarray:
+def circle_coverage(centre, radius, yy, xx) -> np.ndarray:
     d = np.sqrt((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2) - radius
     return np.clip(0.5 - d, 0, 1).astype(np.float32)
 
@@ -276,31 +276,31 @@ def _object(p: dict, t: float, yy, xx) -> tuple[np.ndarray, np.ndarray | None]:
     c = (1 - t) * np.asarray(p["p0"]) + t * np.asarray(p["p1"])
     r = p["radius"]
     if kind == "circle":
-        return _circle_coverage(c, r, yy, xx), None
+        return circle_coverage(c, r, yy, xx), None
     if kind == "square":
         ang = p["angle"] + t * p["turn"]
-        verts = _regular(4, c, r, ang)
+        verts = regular_polygon(4, c, r, ang)
         # a dot near vertex 0 breaks the square's 4-fold symmetry so the turn is unambiguous
         dot = c + 0.6 * (verts[0] - c)
-        return _poly_coverage(verts, yy, xx), _circle_coverage(dot, 0.22 * r, yy, xx)
+        return polygon_coverage(verts, yy, xx), circle_coverage(dot, 0.22 * r, yy, xx)
     if kind == "triangle":
         s = (1 - t) * p["scale0"] + t * p["scale1"]
-        return _poly_coverage(_regular(3, c, r * s, p["angle"]), yy, xx), None
+        return polygon_coverage(regular_polygon(3, c, r * s, p["angle"]), yy, xx), None
     if kind == "diamond":
-        cov = _poly_coverage(_regular(4, c, r, math.pi / 2, stretch=(1.3, 0.8)), yy, xx)
+        cov = polygon_coverage(regular_polygon(4, c, r, math.pi / 2, stretch=(1.3, 0.8)), yy, xx)
         return cov * float(np.clip((t - p["t_on"]) / p["t_len"], 0, 1)), None
     ang = p["angle"] + t * p["spin"]
     if kind in ("red_star", "blue_star"):
-        a = _poly_coverage(_regular(3, c, r, ang), yy, xx)
-        b = _poly_coverage(_regular(3, c, r, ang + math.pi / 3), yy, xx)
+        a = polygon_coverage(regular_polygon(3, c, r, ang), yy, xx)
+        b = polygon_coverage(regular_polygon(3, c, r, ang + math.pi / 3), yy, xx)
         return np.maximum(a, b), None
     if kind == "hexagon":
-        return _poly_coverage(_regular(6, c, r, ang), yy, xx), None
+        return polygon_coverage(regular_polygon(6, c, r, ang), yy, xx), None
     if kind == "cross":
         arm = np.array([[-1, -0.3], [-1, 0.3], [1, 0.3], [1, -0.3]]) * r  # (y, x) of one bar
         rot = np.array([[math.cos(ang), -math.sin(ang)], [math.sin(ang), math.cos(ang)]])
-        a = _poly_coverage(c + arm @ rot.T, yy, xx)
-        b = _poly_coverage(c + arm[:, ::-1] @ rot.T, yy, xx)
+        a = polygon_coverage(c + arm @ rot.T, yy, xx)
+        b = polygon_coverage(c + arm[:, ::-1] @ rot.T, yy, xx)
         return np.maximum(a, b), None
     raise ValueError(f"unknown kind {kind!r}")
 
@@ -334,7 +334,7 @@ def render_clip(label: int, params: dict, cfg: SynthConfig) -> np.ndarray:
     F_ = cfg.frames
     backward = label in _BACKWARD or (label in SINGLE_FRAME_CLASSES and params["reverse"])
     m = params["margin"]
-    tex = _texture(params["texture_seed"], h + 2 * m + 1, w + 2 * m + 1, cfg.texture_contrast)
+    tex = texture(params["texture_seed"], h + 2 * m + 1, w + 2 * m + 1, cfg.texture_contrast)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
     out = np.empty((F_, h, w, 3), np.uint8)
     for i in range(F_):
@@ -397,6 +397,35 @@ def write_mp4(path, frames: np.ndarray, fps: int, gop: int = 8, crf: int = 20) -
             out.mux(packet)
 
 
+def map_jobs(fn, jobs: list, workers: int = 1, progress: bool = False, desc: str = "videos", chunksize: int = 4,
+             unit: str = "video") -> list:
+    """``[fn(j) for j in jobs]``, in ``workers`` spawned processes when ``workers > 1`` (``fn`` must
+    be a module-level function); results in ``jobs``' order, so they never depend on ``workers``.
+    ``progress``: a tqdm bar."""
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), desc=desc, unit=unit)
+    out = []
+    if workers > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(workers) as pool:
+            for r in pool.imap(fn, jobs, chunksize=chunksize):
+                out.append(r)
+                if bar is not None:
+                    bar.update(1)
+    else:
+        for j in jobs:
+            out.append(fn(j))
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    return out
+
+
 def _job(args):
     label, seed, cfg, out_path = args
     frames, params = make_clip(label, seed, cfg)
@@ -425,20 +454,7 @@ def generate(out_dir, cfg: SynthConfig | None = None, workers: int = 1, progress
         rel = f"videos/{file_no:05d}.mp4"
         jobs.append((label, seed, cfg, out / rel))
         entries.append({"path": rel, "label": label, "class": CLASSES[label], "split": split, "seed": seed})
-    if workers > 1:
-        import multiprocessing as mp
-
-        with mp.get_context("spawn").Pool(workers) as pool:
-            reversed_flags = list(pool.imap(_job, jobs, chunksize=4))
-    else:
-        reversed_flags = []
-        it = jobs
-        if progress:
-            from tqdm import tqdm
-
-            it = tqdm(jobs, desc="synth", unit="video")
-        for j in it:
-            reversed_flags.append(_job(j))
+    reversed_flags = map_jobs(_job, jobs, workers, progress, "synth")
     for e, rf in zip(entries, reversed_flags):
         e["reversed"] = bool(e["label"] in _BACKWARD or (e["label"] in SINGLE_FRAME_CLASSES and rf))
     write_label_csv(out / "labels.csv", CLASSES)
