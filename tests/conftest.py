@@ -15,6 +15,16 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (modules opt in with ``pytestmark``): float sums in a fixed
+    order, whatever the machine's load."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def random_tokens(n: int, context: int = 77, seed: int = 0) -> torch.Tensor:
     """Rows shaped like tokenizer output: SOS, random ids, EOT (the highest id), zero padding."""
     g = torch.Generator().manual_seed(seed)

@@ -14,12 +14,7 @@ from vclip.backbone.model import CLIP
 from vclip.backbone.weights import load_clip, read_state_dict
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # numerics independent of the machine's load
 
 
 @pytest.fixture(scope="module")

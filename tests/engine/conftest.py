@@ -39,12 +39,7 @@ def make_config(synth, tmp_path):
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread in this process, as in the subprocesses (OMP_NUM_THREADS=1): tiny models
-    gain nothing from more, and spinning OpenMP threads crawl on a busy 2-core machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """One intra-op thread in this process (tests/conftest.py), as in the subprocesses
+    (OMP_NUM_THREADS=1): tiny models gain nothing from more, and spinning OpenMP threads crawl on a
+    busy 2-core machine."""

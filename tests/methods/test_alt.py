@@ -24,12 +24,7 @@ from vclip.methods.base import Vocabulary  # noqa: E402
 NAMES = ("moving left", "moving right", "rotating")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # numerics independent of the machine's load
 
 
 def tiny_alt(seed: int = 0, **options) -> ALT:

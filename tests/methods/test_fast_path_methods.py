@@ -22,12 +22,7 @@ NAMES = ("moving left", "moving right", "rotating")
 OPTIONS = {"clip": {}, "xclip": {}, "ost": {"check_every": 0, "max_iter": 3}}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # numerics independent of the machine's load
 
 
 def build(name: str):

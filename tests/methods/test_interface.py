@@ -28,12 +28,7 @@ from vclip.methods.base import MethodOutput, Vocabulary  # noqa: E402
 GOLDEN = Path(__file__).parent / "data" / "golden_logits_v1.json"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # numerics independent of the machine's load
 
 
 # ------------------------------------------------------------------ the earlier methods do not move

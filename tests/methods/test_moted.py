@@ -29,12 +29,7 @@ DESCRIPTORS = tuple((f"{n} concept", f"{n} versus a", f"{n} versus b") for n in 
 TINY = {"motion_width": 32, "pooling_layers": 2}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # numerics independent of the machine's load
 
 
 def tiny(seed: int = 0, t: int = 4, **opts) -> MoTED:

@@ -31,12 +31,7 @@ ROOT = Path(__file__).parents[2]
 NAMES = ("moving left", "moving right", "rotating", "growing")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # numerics independent of the machine's load
 
 
 def deep_arch(layers: int = 4):

@@ -96,10 +96,5 @@ def tiny_config(synth_protocol_data) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every protocol test on one torch thread (tests/conftest.py)."""
