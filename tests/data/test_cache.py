@@ -144,6 +144,11 @@ def test_cli_cache_flags(src, tmp_path, capsys):
                  "--no-progress"]) == 0
     assert "prepared 2, skipped 0" in capsys.readouterr().out
     assert json.loads((dst / "two.npy.json").read_text())["settings"]["short_side"] == 40
+    # --short-side defaults to 256 with --cache (never upscaling these small videos)
+    assert main(["data", "prepare", str(src), str(tmp_path / "d256"), "--cache", "--workers", "1", "--no-progress"]) == 0
+    meta = json.loads((tmp_path / "d256" / "a" / "one.npy.json").read_text())
+    assert meta["settings"]["short_side"] == 256 and (meta["width"], meta["height"]) == (80, 60)
+    capsys.readouterr()
     assert main(["data", "prepare", str(src), str(tmp_path / "x"), "--cache", "--frames"]) != 0
     assert "--frames and --cache" in capsys.readouterr().err
 
