@@ -10,7 +10,9 @@ process. Reported: videos/s for opening + metadata only, clips/s for each T, and
 
 Backends: ``pyav`` (default settings), ``pyav-threads2`` (2 FFmpeg threads), ``pyav-noseek``
 (decode forward from the start: what a reader without seeking costs), ``torchcodec`` (when
-installed), ``rawframes`` (JPEG folders extracted from the same clips at quality 90).
+installed), ``rawframes`` (JPEG folders extracted from the same clips at quality 90), ``cache``
+(the frame cache of ``vclip data prepare --cache`` built from the same clips at their native size:
+uint8 ``.npy`` shards, memory-mapped; its build time is reported).
 """
 
 from __future__ import annotations
@@ -70,6 +72,22 @@ def extract_rawframes(video: Path, out: Path, quality: int = 90) -> Path:
     return out
 
 
+def build_cache(videos: list[Path], dst: Path) -> tuple[list[Path], dict]:
+    """Frame-cache shards of ``videos`` at their native size (one process); returns the paths to
+    open with backend ``cache`` and the build's time and size."""
+    from vclip.data.cache import build_one
+
+    t0 = time.perf_counter()
+    paths = []
+    for i, v in enumerate(videos):
+        rel = Path(f"{i:04d}") / v.name  # distinct names even for videos of different folders
+        build_one(v, dst / rel.with_suffix(".npy"), short_side=0)
+        paths.append(dst / rel)
+    seconds = time.perf_counter() - t0
+    mb = sum(p.stat().st_size for p in dst.rglob("*.npy")) / 1e6
+    return paths, {"build_seconds": round(seconds, 2), "cache_megabytes": round(mb, 1)}
+
+
 def bench_backend(paths: list[Path], backend: str, kwargs: dict, ts=(8, 32), repeats: int = 3) -> dict:
     res = {"backend": backend, "options": kwargs, "videos": len(paths)}
     # open + metadata
@@ -102,7 +120,7 @@ def main(argv=None) -> int:
     ap.add_argument("--folder", type=Path, help="videos to read (default: generate clips)")
     ap.add_argument("--num-videos", type=int, default=8, help="clips to generate")
     ap.add_argument("--limit", type=int, default=0, help="read at most this many videos of --folder")
-    ap.add_argument("--backends", default="pyav,pyav-threads2,pyav-noseek,torchcodec,rawframes")
+    ap.add_argument("--backends", default="pyav,pyav-threads2,pyav-noseek,torchcodec,rawframes,cache")
     ap.add_argument("--repeats", type=int, default=3, help="passes over the videos; the best is reported")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args(argv)
@@ -113,6 +131,7 @@ def main(argv=None) -> int:
         "pyav-noseek": ("pyav", {"backend": "pyav", "seek_threshold": 10**9}),
         "torchcodec": ("torchcodec", {"backend": "torchcodec"}),
         "rawframes": ("rawframes", {"backend": "rawframes"}),
+        "cache": ("cache", {"backend": "cache"}),
     }
     wanted = [b.strip() for b in args.backends.split(",") if b.strip()]
     have = set(available_backends())
@@ -147,7 +166,11 @@ def main(argv=None) -> int:
                 print(f"{name}: skipped (only on generated clips)")
                 continue
             paths = [extract_rawframes(v, Path(tmp.name) / "frames" / v.stem) for v in videos]
+        extra = {}
+        if base == "cache":
+            paths, extra = build_cache(videos, Path(tmp.name) / "cache")
         r = bench_backend(paths, name, kwargs, repeats=args.repeats)
+        r.update(extra)
         r["backend"] = name
         results.append(r)
         print(

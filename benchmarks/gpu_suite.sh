@@ -11,6 +11,8 @@
 #
 # The lent machine has Python 3.12 with a CUDA torch, transformers and timm but no PyAV or ftfy and no
 # package index: run benchmarks/fetch_gpu_wheels.sh beforehand where pip works, and carry .whl/.
+# e2e_b16_cache is e2e_b16 read from the frame cache (vclip data prepare --cache), built first from
+# the same clips (its build time is a row of the table).
 # Env: SUITE_BUDGET_S (total seconds, default 480), PYTHON (default python3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -79,6 +81,9 @@ part decode_1proc         60 "$PY" benchmarks/bench_data.py --backends pyav --nu
 part e2e_b16              150 "$PY" benchmarks/bench_end_to_end.py --source "$ESRC" --videos "$V" --workers "$W" \
                               --arch "$EA" --batch "$B" --frames "$F" --dtype "$DT" "${DEV[@]}" --epochs 2 \
                               --json "$J/e2e_b16.json"
+part e2e_b16_cache        90 "$PY" benchmarks/bench_end_to_end.py --source "$ESRC" --videos "$V" --workers "$W" \
+                              --arch "$EA" --batch "$B" --frames "$F" --dtype "$DT" "${DEV[@]}" --epochs 2 \
+                              --backend cache --json "$J/e2e_b16_cache.json"
 part infer_b32_compile    120 "${VCLIP[@]}" bench infer --arch "$A32" --batch "$B" --frames "$F" --classes "$K" "${DEV[@]}" "${NOMFU[@]}" \
                               --dtype "$DT" "${C[@]}" --json "$J/infer_b32_compile.json"
 part train_b16_compile    150 "${VCLIP[@]}" bench train --arch "$A16" --batch "$BT" --frames "$F" --classes "$K" "${DEV[@]}" "${NOMFU[@]}" \

@@ -27,6 +27,7 @@ RECORDS = {
     "od_solver": "od_solver.json",
     "decode_1proc": "decode_1proc.json",
     "e2e_b16": "e2e_b16.json",
+    "e2e_b16_cache": "e2e_b16_cache.json",
     "infer_b32_compile": "infer_b32_compile.json",
     "train_b16_compile": "train_b16_bf16_compile.json",
 }
@@ -80,10 +81,13 @@ def rows_for(name: str, r: dict) -> list[list[str]]:
         out = []
         for stage in ("decode", "data", "model", "e2e"):
             if stage in res:
-                out.append([name, f"file → logits, {stage} stage ({s['arch']}, {s['frames']}f, {s['workers']} workers)",
+                backend = "" if s.get("backend", "pyav") == "pyav" else f", {s['backend']}"
+                out.append([name, f"file → logits, {stage} stage ({s['arch']}, {s['frames']}f, {s['workers']} workers{backend})",
                             f"{_rate(res[stage].get('videos_per_s'))} videos/s", r.get("source", "")])
         if "bound" in res:
             out.append([name, "end to end bound by", str(res["bound"]), f"e2e / slowest stage = {res.get('e2e_over_min_stage', 0):.2f}"])
+        if "cache_build_s" in res:
+            out.append([name, "frame cache build (once)", f"{res['cache_build_s']:.1f} s", f"{s['workers']} processes"])
         return out
     if kind == "decode":  # bench_data.py: one process, no DataLoader
         return [[name, f"decode, one process, {x['backend']} ({r['source'].split(' (')[0]})",

@@ -83,7 +83,7 @@ def test_every_option_with_a_default_shows_it(parsers):
     ("vclip data synth", "--frames", "(default: 16)"),
     ("vclip data synth", "--size", "(default 96)"),
     ("vclip data synth", "--fps", "(default: 8)"),
-    ("vclip data prepare", "--short-side", "(default: 320)"),
+    ("vclip data prepare", "--short-side", "default 320, 256 with --cache"),
     ("vclip bench matmul", "--repeats", "(default: 3)"),
 ])
 def test_named_defaults(parsers, command, option, shown):

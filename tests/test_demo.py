@@ -132,3 +132,35 @@ def test_out_must_be_a_folder(tmp_path, capsys):
     f.write_text("x")
     assert main(["demo", "--out", str(f), "--steps", "1"]) == 2
     assert "--out" in capsys.readouterr().err and f.read_text() == "x"
+
+
+def test_demo_frame_cache_gives_the_figures_of_decoding(tmp_path, monkeypatch):
+    """The demo reads its frames from the frame cache by default; ``--no-cache`` decodes every clip
+    with PyAV. Same frames, so the same trained weights and the same figures (the recorded ones stay
+    reproducible); the cache is built once and reused."""
+    from vclip.cli import main
+
+    monkeypatch.setattr(demo, "DEMO_SYNTH", {**demo.DEMO_SYNTH, "videos_per_class": 4})
+    monkeypatch.setitem(demo.DEMO_BASE["data"], "num_workers", 0)
+    torch.set_num_threads(1)
+    rows, weights = {}, {}
+    for flag in ([], ["--no-cache"]):
+        out = tmp_path / ("cache" if not flag else "pyav")
+        assert main(["demo", "--out", str(out), "--steps", "4", "--methods", "xclip"] + flag) == 0
+        record = json.loads((out / "demo_results.json").read_text())
+        assert record["frames_from"] == ("frame cache" if not flag else "pyav")
+        rows[bool(flag)] = [{k: v for k, v in r.items() if k != "train_seconds"} for r in record["rows"]]
+        from vclip.engine.checkpoint import load_checkpoint
+
+        weights[bool(flag)] = load_checkpoint(out / "runs" / "demo-xclip" / "checkpoints" / "last")[0]
+    assert (tmp_path / "cache" / "cache" / "cache_manifest.json").is_file()
+    assert not (tmp_path / "pyav" / "cache").exists()
+    assert rows[False] == rows[True]
+    assert weights[False].keys() == weights[True].keys()
+    assert all(torch.equal(weights[False][k], weights[True][k]) for k in weights[False])
+    # the second run reuses the cache: nothing rebuilt
+    from vclip.data import prepare as prep
+
+    res = prep.prepare(tmp_path / "cache" / "data", tmp_path / "cache" / "cache",
+                       opts=prep.PrepareOptions(short_side=0, cache=True), progress=False)
+    assert {r.status for r in res} == {"skipped"}

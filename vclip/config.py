@@ -89,7 +89,8 @@ class DataConfig:
     frame_interval: int = 2
     image_size: int = 224
     normalize: Literal["imagenet", "clip"] = "imagenet"
-    backend: Literal["auto", "pyav", "torchcodec", "rawframes"] = "auto"
+    #: decoding backend; "cache": the frame cache of `vclip data prepare --cache` (root = the cache folder)
+    backend: Literal["auto", "pyav", "torchcodec", "rawframes", "cache"] = "auto"
     batch_size: int = 8
     eval_batch_size: Optional[int] = None
     num_workers: int = 4

@@ -18,6 +18,11 @@
    chance (50 %) there by construction; a temporal model is not.
 5. Writes ``demo_results.json`` and a bar chart ``demo.png`` into the output folder.
 
+Training and evaluation read the videos' frames from a frame cache (``vclip data prepare --cache``
+at the videos' own size, built once under ``OUT/cache`` and reused): the same uint8 frames PyAV
+decodes, so the figures are those of decoding every clip (``--no-cache``), without the decoding
+that bounded the demo's training on 2 CPU cores.
+
 Arguments (``--steps``, ``--methods``, ``--seed``, ``--out``) and every method's run config are
 checked before anything is generated. The LR warm-up is one epoch, shortened for short runs to a
 tenth of ``--steps`` (rounded down: none below 10 steps) — see :func:`warmup_epochs`.
@@ -77,6 +82,9 @@ def register(subparsers) -> None:
                    help="comma-separated method names (default: "
                         + ",".join(m for _, m, _ in DEMO_METHODS) + ")")
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the initial CLIP and training")
+    p.add_argument("--no-cache", action="store_true",
+                   help="decode the videos with PyAV at every step instead of reading the frame cache "
+                        "(same frames, same figures; slower)")
     p.add_argument("--train-text", action="store_true",
                    help="train the text tower too (an ablation: the random text tower then stalls X-CLIP)")
     p.set_defaults(handler=_demo)
@@ -107,6 +115,24 @@ def ensure_synthetic(out: Path, seed: int = 0) -> Path:
     summary = generate(out, cfg, workers=min(2, os.cpu_count() or 1))
     print(f"  {summary.get('videos', '?')} videos in {summary.get('seconds', 0):.1f} s", flush=True)
     return out
+
+
+def ensure_cache(data_dir: Path, cache_dir: Path) -> Path:
+    """The frame cache of the synthetic set (native size; only missing or changed videos are
+    (re)built, so a second demo run reuses it)."""
+    from vclip.data.prepare import PrepareOptions, prepare
+    from vclip.errors import VclipError
+
+    t0 = time.time()
+    results = prepare(data_dir, cache_dir, workers=min(2, os.cpu_count() or 1),
+                      opts=PrepareOptions(short_side=0, cache=True), progress=False)
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        raise VclipError(f"{cache_dir}: {len(failed)} videos could not be cached, e.g. {failed[0].reason}")
+    done = sum(r.status == "done" for r in results)
+    if done:
+        print(f"  frame cache: {done} videos cached in {time.time() - t0:.1f} s -> {cache_dir}", flush=True)
+    return cache_dir
 
 
 def initial_clip(out: Path, seed: int = 0) -> Path:
@@ -162,9 +188,11 @@ def warmup_epochs(steps: int, num_videos: int, batch_size: int) -> float:
     return (want + 0.5) / per_epoch if want else 0.0
 
 
-def method_config(method: str, extra: dict, data_dir: Path, out: Path, steps: int, seed: int, init: Path):
+def method_config(method: str, extra: dict, data_dir: Path, out: Path, steps: int, seed: int, init: Path,
+                  cache: Path | None = None):
     """The validated run config the demo trains ``method`` with (``extra`` merged last). Needs no
-    data: the demo checks every method's config before generating anything."""
+    data: the demo checks every method's config before generating anything. ``cache``: read the
+    frames from this frame cache of ``data_dir`` (backend ``cache``)."""
     from vclip.config import RunConfig, from_dict, validate
     from vclip.methods import check_config
 
@@ -173,7 +201,8 @@ def method_config(method: str, extra: dict, data_dir: Path, out: Path, steps: in
     raw = _deep(DEMO_BASE, {
         "name": f"demo-{method}", "output_dir": str(out / "runs"),
         "model": {"method": method, "pretrained": str(init)},
-        "data": {"root": d, "train_list": f"{d}/train.txt", "val_list": None, "labels": f"{d}/labels.csv"},
+        "data": {"root": str(cache) if cache is not None else d, "train_list": f"{d}/train.txt", "val_list": None,
+                 "labels": f"{d}/labels.csv", **({"backend": "cache"} if cache is not None else {})},
         "train": {"max_steps": steps, "seed": seed, "warmup_epochs": warmup_epochs(steps, train_videos(seed), bs)},
     })
     cfg = from_dict(RunConfig, _deep(raw, extra))
@@ -183,7 +212,7 @@ def method_config(method: str, extra: dict, data_dir: Path, out: Path, steps: in
 
 
 def run_method(label: str, method: str, extra: dict, data_dir: Path, out: Path, steps: int, seed: int,
-               init: Path) -> dict:
+               init: Path, cache: Path | None = None) -> dict:
     from vclip.data.synthetic import class_groups
     from vclip.engine import data as run_data
     from vclip.engine.distributed import init_distributed
@@ -192,7 +221,7 @@ def run_method(label: str, method: str, extra: dict, data_dir: Path, out: Path, 
     from vclip.methods import build_method, make_vocabulary
 
     d = str(data_dir)
-    cfg = method_config(method, extra, data_dir, out, steps, seed, init)
+    cfg = method_config(method, extra, data_dir, out, steps, seed, init, cache)
     t0 = time.time()
     train(cfg, overwrite=True)  # the demo retrains from scratch every time
     seconds = time.time() - t0
@@ -256,6 +285,8 @@ def _command(args) -> str:
         parts.append(f"--methods {args.methods}")
     if args.train_text:
         parts.append("--train-text")
+    if getattr(args, "no_cache", False):
+        parts.append("--no-cache")
     return " ".join(parts)
 
 
@@ -330,18 +361,19 @@ def _run_demo(args) -> int:
     out = Path(args.out)
     started = time.time()
     data_dir = ensure_synthetic(out / "data", seed=args.seed)
+    cache = None if getattr(args, "no_cache", False) else ensure_cache(data_dir, out / "cache")
     init = initial_clip(out / "init_clip", seed=args.seed)
     rows = []
     for label, method, extra in runs:
         steps = f"{args.steps} step{'' if args.steps == 1 else 's'}"
         print(f"training {label} ({steps}, {DEMO_ARCH} CLIP, {DEMO_BASE['data']['image_size']} px, "
               f"{DEMO_BASE['data']['num_frames']} frames) ...", flush=True)
-        rows.append(run_method(label, method, extra, data_dir, out, args.steps, args.seed, init))
+        rows.append(run_method(label, method, extra, data_dir, out, args.steps, args.seed, init, cache))
     table = print_table(rows)
     print()
     print(table)
     record = {"rows": rows, "table": table, "total_seconds": round(time.time() - started, 1),
-              "command": _command(args),
+              "command": _command(args), "frames_from": "pyav" if cache is None else "frame cache",
               "machine": _machine()}
     atomic_write_text(out / "demo_results.json", json.dumps(record, indent=2))
     plot(rows, out / "demo.png")

@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import gpu_suite_table  # noqa: E402
 
 PARTS = ["matmul_bf16", "xclip_vs_hf", "infer_b16", "train_b16_bf16", "train_b16_fp16", "infer_b16_compile",
-         "od_solver", "decode_1proc", "e2e_b16", "infer_b32_compile", "train_b16_compile"]
+         "od_solver", "decode_1proc", "e2e_b16", "e2e_b16_cache", "infer_b32_compile", "train_b16_compile"]
 
 
 def _suite(out: Path, budget: int) -> subprocess.CompletedProcess:
@@ -41,6 +41,10 @@ def test_dry_run_writes_every_part_and_the_table(tmp_path):
     assert {row.split(" | ")[0][2:] for row in rows} == set(PARTS)
     assert sum(row.startswith("| xclip_vs_hf |") for row in rows) == 2
     assert sum(row.startswith("| e2e_b16 |") for row in rows) == 5
+    # from the frame cache: the 4 stages (labelled with the backend), the bound, the cache build
+    cache_rows = [row for row in rows if row.startswith("| e2e_b16_cache |")]
+    assert len(cache_rows) == 6 and "frame cache build" in cache_rows[-1]
+    assert all(", cache)" in row for row in cache_rows[:4])
     assert all("no record" not in row and "unknown record" not in row for row in rows)
     vs = next(row for row in rows if "— vclip" in row)
     assert "rel err" in vs and float(vs.split("rel err ")[1].split(" ")[0]) < 1e-4

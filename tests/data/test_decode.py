@@ -369,5 +369,5 @@ def test_no_raw_library_exception_on_garbage_inside_stream(tmp_path):
 
 
 def test_decode_module_public_names():
-    assert set(decode.BACKENDS) == {"auto", "pyav", "torchcodec", "rawframes"}
+    assert set(decode.BACKENDS) == {"auto", "pyav", "torchcodec", "rawframes", "cache"}
     assert issubclass(decode.PyAVReader, decode.VideoReader)

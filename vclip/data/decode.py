@@ -8,6 +8,9 @@ Backends
     ``torchcodec``  torchcodec's ``VideoDecoder`` when it is importable (CPU, or ``device="cuda"``).
     ``rawframes``   a directory of pre-extracted JPEG/PNG frames (mmaction2 layout,
                     ``img_00001.jpg`` ...), read with Pillow.
+    ``cache``       the frame cache of ``vclip data prepare --cache`` (uint8 frames in memory-mapped
+                    ``.npy`` shards, :mod:`vclip.data.cache`): ``path`` is the video's path under the
+                    cache folder (``CACHE/a/b.mp4`` reads ``CACHE/a/b.npy``).
     ``auto``        ``rawframes`` for a directory, ``pyav`` for a file.
 
 Frame indices are positions in presentation order, counted from the first frame the decoder
@@ -32,7 +35,7 @@ from vclip.errors import VideoDecodeError
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "pyav", "torchcodec", "rawframes")
+BACKENDS = ("auto", "pyav", "torchcodec", "rawframes", "cache")
 
 #: Frames larger than this many pixels are refused before anything is allocated (8K UHD).
 DEFAULT_MAX_PIXELS = 7680 * 4320
@@ -49,14 +52,16 @@ def available_backends() -> list[str]:
     if _torchcodec_importable():
         out.append("torchcodec")
     out.append("rawframes")
+    out.append("cache")
     return out
 
 
 def open_video(path, backend: str = "auto", **options) -> "VideoReader":
     """Open ``path`` (a video file, or a frame directory for ``rawframes``) with ``backend``.
 
-    ``options`` go to the backend: ``max_pixels`` (all), ``threads``/``seek_threshold`` (pyav),
-    ``device``/``threads`` (torchcodec), ``template``/``start_index``/``fps`` (rawframes).
+    ``options`` go to the backend: ``max_pixels`` (all), ``threads``/``seek_threshold``/
+    ``short_side`` (pyav), ``device``/``threads`` (torchcodec), ``template``/``start_index``/``fps``
+    (rawframes), ``check_source``/``verify`` (cache).
     """
     path = os.fspath(path)
     if backend not in BACKENDS:
@@ -67,6 +72,10 @@ def open_video(path, backend: str = "auto", **options) -> "VideoReader":
         return PyAVReader(path, **options)
     if backend == "torchcodec":
         return TorchCodecReader(path, **options)
+    if backend == "cache":
+        from vclip.data.cache import CacheReader
+
+        return CacheReader(path, **options)
     return RawFramesReader(path, **options)
 
 
@@ -196,6 +205,11 @@ class PyAVReader(VideoReader):
 
     ``threads``: FFmpeg decoding threads (0 = FFmpeg's choice). The default 1 suits data loaders,
     which parallelise over worker processes; see docs/performance.md.
+
+    ``short_side``: resize while converting to RGB (one swscale pass, ``AREA`` interpolation) so
+    that the short side is this many pixels, never upscaling, both sides even (the size rule of
+    ``vclip data prepare``); ``width``/``height`` are then the resized size. 0: native size. The
+    frame cache (``vclip data prepare --cache``) stores exactly these frames.
     """
 
     backend = "pyav"
@@ -208,8 +222,11 @@ class PyAVReader(VideoReader):
         seek_threshold: int = DEFAULT_SEEK_THRESHOLD,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         thread_type: str = "SLICE",
+        short_side: int = 0,
     ):
         self.path = os.fspath(path)
+        self.short_side = int(short_side or 0)
+        self._resize_interp = None
         self.seek_threshold = int(seek_threshold)
         self.max_pixels = max_pixels
         self._container = None
@@ -254,6 +271,12 @@ class PyAVReader(VideoReader):
             raise self._error("video stream has no decodable codec")
         self.width, self.height = int(cc.width or 0), int(cc.height or 0)
         self._check_size(self.width, self.height, self.max_pixels)
+        self.source_width, self.source_height = self.width, self.height
+        if self.short_side > 0:
+            from vclip.data.prepare import target_size
+
+            self.width, self.height = target_size(self.width, self.height, self.short_side)
+            self._resize_interp = "AREA"
         if threads != 1:
             cc.thread_count = int(threads)
             cc.thread_type = thread_type
@@ -464,7 +487,10 @@ class PyAVReader(VideoReader):
     def _to_rgb(self, frame) -> np.ndarray:
         if frame.width != self.width or frame.height != self.height:
             self._check_size(frame.width, frame.height, self.max_pixels)
-            frame = frame.reformat(width=self.width, height=self.height, format="rgb24")
+            if self._resize_interp is not None:
+                frame = frame.reformat(width=self.width, height=self.height, format="rgb24", interpolation=self._resize_interp)
+            else:
+                frame = frame.reformat(width=self.width, height=self.height, format="rgb24")
             return frame.to_ndarray()
         return frame.to_ndarray(format="rgb24")
 

@@ -5,7 +5,9 @@ Every video under ``SRC`` (by extension) is decoded and written to the same rela
 even), a keyframe every ``--gop-seconds`` (1 s by default, so sparse frame reads can seek), constant
 frame rate at the source's average rate with the source's frames in decode order (a
 variable-frame-rate source keeps its frame count, so frame indices do not change), no audio.
-With ``--frames`` it writes mmaction2 "rawframes" JPEG folders (``img_00001.jpg`` ...) instead.
+With ``--frames`` it writes mmaction2 "rawframes" JPEG folders (``img_00001.jpg`` ...) instead;
+with ``--cache`` a frame cache (uint8 frames in memory-mapped ``.npy`` shards + metadata and a
+manifest; short side 256 unless ``--short-side`` says otherwise; see :mod:`vclip.data.cache`).
 
 The run is parallel (one process per worker), shows a progress bar and is resumable: an output is
 first written to ``name.tmp.mp4`` (``name.tmp/`` for frames), checked by decoding it, then renamed,
@@ -45,6 +47,8 @@ class PrepareOptions:
     jpeg_quality: int = 90
     template: str = "img_{:05d}.jpg"
     threads: int = 1  # FFmpeg threads per worker
+    cache: bool = False  # write a frame cache (vclip.data.cache) instead of videos
+    verify: bool = False  # with cache: re-hash finished shards, rebuild mismatches
 
 
 @dataclass
@@ -76,7 +80,9 @@ def find_videos(src: Path, exts, exclude: Path | None = None) -> list[Path]:
     return sorted(found)
 
 
-def output_path(dst: Path, rel: Path, frames: bool) -> Path:
+def output_path(dst: Path, rel: Path, frames: bool, cache: bool = False) -> Path:
+    if cache:
+        return dst / rel.with_suffix(".npy")
     return dst / rel.with_suffix("") if frames else dst / rel.with_suffix(".mp4")
 
 
@@ -119,6 +125,16 @@ def is_finished(out: Path, frames: bool) -> bool:
 def process_one(src: str, out: str, rel: str, opts: PrepareOptions) -> Result:
     """Convert one video; never raises (a failure is a ``Result`` with a reason)."""
     src_p, out_p = Path(src), Path(out)
+    if opts.cache:
+        from vclip.data.cache import build_one
+
+        try:
+            status, n = build_one(src_p, out_p, opts.short_side, opts.threads, opts.verify)
+            return Result(rel, status, frames=n)
+        except VideoDecodeError as e:
+            return Result(rel, "failed", str(e))
+        except Exception as e:  # noqa: BLE001 - a worker must report, not die
+            return Result(rel, "failed", f"{src}: {type(e).__name__}: {e}")
     tmp = temp_path(out_p, opts.frames)
     try:
         if is_finished(out_p, opts.frames):
@@ -266,7 +282,7 @@ def prepare(src, dst, *, workers: int = 1, exts=DEFAULT_EXTS, opts: PrepareOptio
     jobs = []
     seen: dict[Path, Path] = {}
     for rel in rels:
-        out = output_path(dst, rel, opts.frames)
+        out = output_path(dst, rel, opts.frames, opts.cache)
         if out in seen:
             results.append(Result(str(rel), "failed", f"{src / rel}: output {out} is also the output of {seen[out]}"))
             continue
@@ -293,6 +309,10 @@ def prepare(src, dst, *, workers: int = 1, exts=DEFAULT_EXTS, opts: PrepareOptio
                     res = Result(job[2], "failed", f"{job[0]}: {type(e).__name__}: {e}")
                 results.append(_report(res, bar))
     bar.close()
+    if opts.cache:
+        from vclip.data.cache import write_manifest
+
+        write_manifest(dst, [r.rel for r in results if r.status != "failed"], opts.short_side)
 
     failures = sorted((r for r in results if r.status == "failed"), key=lambda r: r.rel)
     report = dst / FAILURES_FILE
@@ -325,13 +345,17 @@ def register_cli(data_subparsers) -> None:
     )
     p.add_argument("src", type=Path, help="folder of source videos (searched recursively)")
     p.add_argument("dst", type=Path, help="output folder (same relative paths)")
-    p.add_argument("--short-side", type=int, default=320, help="resize the short side to this (0: keep); never upscales")
+    p.add_argument("--short-side", type=int, default=None,
+                   help="resize the short side to this (0: keep; default 320, 256 with --cache); never upscales")
     p.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)), help="parallel processes (default: min(8, CPUs))")
     p.add_argument("--ext", default=",".join(DEFAULT_EXTS), help="comma-separated extensions to convert")
     p.add_argument("--crf", type=int, default=23, help="x264 constant rate factor (lower: better quality)")
     p.add_argument("--preset", default="veryfast", help="x264 preset")
     p.add_argument("--gop-seconds", type=float, default=1.0, help="keyframe interval in seconds")
     p.add_argument("--frames", action="store_true", help="write rawframes JPEG folders (img_00001.jpg ...) instead of mp4")
+    p.add_argument("--cache", action="store_true",
+                   help="write a frame cache (uint8 frames in memory-mapped .npy shards) for backend 'cache'")
+    p.add_argument("--verify", action="store_true", help="with --cache: re-hash finished shards and rebuild mismatches")
     p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality with --frames")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cli)
@@ -340,6 +364,12 @@ def register_cli(data_subparsers) -> None:
 def _cli(args) -> int:
     if args.workers < 1:
         raise VclipError(f"--workers must be at least 1, got {args.workers}")
+    if args.frames and args.cache:
+        raise VclipError("--frames and --cache exclude each other")
+    if args.verify and not args.cache:
+        raise VclipError("--verify needs --cache")
+    if args.short_side is None:
+        args.short_side = 256 if args.cache else 320
     if args.short_side < 0:
         raise VclipError(f"--short-side must be >= 0, got {args.short_side}")
     exts = [e.strip() for e in args.ext.split(",") if e.strip()]
@@ -350,6 +380,8 @@ def _cli(args) -> int:
         gop_seconds=args.gop_seconds,
         frames=args.frames,
         jpeg_quality=args.jpeg_quality,
+        cache=args.cache,
+        verify=args.verify,
     )
     start = time.time()
     results = prepare(args.src, args.dst, workers=args.workers, exts=exts, opts=opts, progress=not args.no_progress)
