@@ -165,8 +165,13 @@ def test_shipped_configs_load():
 
     root = Path(__file__).parents[2] / "configs"
     specs = sorted((root / "protocols").glob("*.yaml"))  # dataset specs for `vclip run --data`
-    runs = sorted(f for f in root.rglob("*.yaml") if f not in specs)
-    assert runs and specs
+    suites = sorted((root / "suite").glob("*.yaml"))  # `vclip suite --config` files
+    runs = sorted(f for f in root.rglob("*.yaml") if f not in specs and f not in suites)
+    assert runs and specs and suites
+    from vclip.protocols.suite import load_suite_config
+
+    for f in suites:
+        load_suite_config(f)
     for f in runs:
         load_config([str(f)])
     for f in specs:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -208,8 +207,12 @@ def test_world_and_pretrained_made_when_not_given(tmp_path, synth_protocol_data,
         make_pretrained(Path(out_file))
         return {"steps": steps}
 
-    monkeypatch.setitem(sys.modules, "vclip.data.world", types.SimpleNamespace(generate_world=generate_world))
-    monkeypatch.setitem(sys.modules, "vclip.pretrain", types.SimpleNamespace(pretrain=pretrain, DEFAULT_ARCH="tiny"))
+    import vclip.data.world
+    import vclip.pretrain
+
+    monkeypatch.setattr(vclip.data.world, "generate_world", generate_world)
+    monkeypatch.setattr(vclip.pretrain, "pretrain", pretrain)
+    monkeypatch.setattr(vclip.pretrain, "DEFAULT_ARCH", "tiny")
     cfg = small_config(tmp_path, protocols=small_protocols(), pretrain={"steps": 3, "seed": 5})
     out = tmp_path / "suite"
     args = ["suite", "--out", str(out), "--config", str(cfg), "--methods", "clip", "--protocols", "zero-shot",
