@@ -215,3 +215,21 @@ def test_window_bounds_and_offset():
     for bad in ((-1, 5), (5, 5), (6, 5), (0, 31)):
         with pytest.raises(ValueError, match=rf"^frame window \[{bad[0]}, {bad[1]}\) is not inside a video of 30 frames$"):
             s(30, window=bad)
+
+
+def test_sampler_passes_its_settings_through():
+    """FrameSampler forwards interval, short_policy and alpha to the sampling functions."""
+    dense = FrameSampler("dense", num_frames=4, interval=3, short_policy="repeat_last", test_mode=True)
+    assert dense(20).tolist() == dense_indices(20, 4, 3, test_mode=True).tolist() == [[4, 7, 10, 13]]
+    assert dense(8).tolist() == [[0, 3, 6, 7]]  # past the end: repeat the last frame (loop would give 1)
+    ds = FrameSampler("dense_sparse", num_frames=2, alpha=3, test_mode=True)
+    assert ds(12).tolist() == dense_sparse_indices(12, 2, 3, test_mode=True)[0].tolist() == [[1, 3, 5, 7, 9, 11]]
+
+
+def test_build_sampler_from_an_object_and_defaults():
+    from types import SimpleNamespace
+
+    s = build_sampler(SimpleNamespace(mode="dense", num_frames=16, interval=None, other="ignored"))
+    assert (s.mode, s.num_frames, s.interval, s.test_mode) == ("dense", 16, 1, False)  # train mode by default
+    with pytest.raises(ConfigError, match=r"^unknown sampling option\(s\): \['frames'\]$"):
+        build_sampler(None, frames=3)

@@ -235,6 +235,9 @@ def test_gather_merges_ranks(monkeypatch):
     fake_ranks((4, np.zeros((1, 4), np.float32), np.zeros(1, np.int64), np.array([5])))
     with pytest.raises(EvaluationError, match=r"ranks report scores over different numbers of classes: \[3, 4\]"):
         a.gather()
+    fake_ranks(part_a)
+    declared = Accumulator(num_classes=4)  # a rank that scored nothing: its class count is not a report
+    assert declared.gather(expected=3).num_classes == 3
     fake_ranks((None, *Accumulator().local_arrays()))
     empty = Accumulator().gather()
     assert empty.local_arrays()[0].shape == (0, 0)

@@ -398,3 +398,35 @@ def test_schedule_edges_and_messages():
     fresh = WarmupCosine(build_optimizer(Toy(), lr=1.0, weight_decay=0.0), total_steps=10, warmup_steps=2, min_lr=0.0)
     fresh.load_state_dict(sched.state_dict())
     assert fresh.get_last_lr() == sched.get_last_lr() == pytest.approx([0.5 * (1 + math.cos(math.pi / 8))] * 2)
+
+
+def test_group_order_custom_no_decay_and_decay_rules_that_read_the_parameter():
+    from types import SimpleNamespace
+
+    from vclip.engine.optim import build_method_optimizer
+
+    class TwoGroups(ToyMethod):
+        parameter_groups = ("prompt", "new")  # declared order, not the order of appearance (mit first)
+
+        def parameter_group(self, name):
+            return "prompt" if name.startswith("prompts.") else group_of(name)
+
+        def decays(self, name, param):
+            return param.ndim >= 2  # reads the parameter, not only its name
+
+    cfg = SimpleNamespace(lr=1.0, weight_decay=0.1, betas=[0.9, 0.98], eps=1e-8, lr_mult_new=10.0, lr_mults={})
+    names = [g["name"] for g in build_method_optimizer(TwoGroups(), cfg).param_groups]
+    assert names == ["clip/decay", "clip/no_decay", "prompt/decay", "prompt/no_decay", "new/decay", "new/no_decay"]
+    g = groups_by_name(build_method_optimizer(TwoGroups(), cfg).param_groups)
+    assert g["prompt/decay"]["param_names"] == ["prompts.position_embedding", "prompts.mlp.weight"]
+    # a custom no_decay list replaces the default keywords (positional_embedding decays, proj does not)
+    g = groups_by_name(param_groups(Toy(), lr=1.0, weight_decay=0.1, no_decay=("proj",)))
+    assert "visual.positional_embedding" in g["clip/decay"]["param_names"]
+    assert "visual.proj" in g["clip/no_decay"]["param_names"]
+
+
+def test_warmup_as_long_as_the_run_is_refused():
+    opt = build_optimizer(Toy(), lr=1.0, weight_decay=0.0)
+    with pytest.raises(ConfigError, match=r"^schedule warmup_steps \(1\) must be smaller than total_steps \(1\); "
+                                          r"shorten the warm-up or train longer$"):
+        WarmupCosine(opt, total_steps=1, warmup_steps=1, min_lr=0.0)
