@@ -233,3 +233,10 @@ def test_build_sampler_from_an_object_and_defaults():
     assert (s.mode, s.num_frames, s.interval, s.test_mode) == ("dense", 16, 1, False)  # train mode by default
     with pytest.raises(ConfigError, match=r"^unknown sampling option\(s\): \['frames'\]$"):
         build_sampler(None, frames=3)
+
+
+def test_segment_train_clamps_float_rounding_to_the_last_frame():
+    """u just below 1: k + u rounds up to k + 1 in float64 for k >= 1, so the last segment's
+    floor((k + u) N / T) would be N; it is clamped to N - 1."""
+    idx = segment_indices(8, 8, test_mode=False, rng=ConstRng(np.nextafter(1.0, 0.0)))
+    assert idx.tolist() == [[0, 2, 3, 4, 5, 6, 7, 7]]
