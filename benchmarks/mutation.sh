@@ -65,7 +65,8 @@ for m in "${modules[@]}"; do
     echo 'source_paths = ["vclip"]'
     echo "only_mutate = [\"$m\"]"
     printf 'pytest_add_cli_args_test_selection = [%s]\n' "$(for t in ${TESTS[$m]}; do printf '"%s", ' "$t"; done)"
-    echo 'pytest_add_cli_args = ["-x", "-q", "-p", "no:cacheprovider", "-m", "not slow"]'
+    # torch.compile cannot trace mutmut's trampolines (dynamo fails in the clean run): deselected
+    echo 'pytest_add_cli_args = ["-x", "-q", "-p", "no:cacheprovider", "-m", "not slow", "-k", "not compile"]'
     echo 'use_git_change_detection = false'
     echo '[tool.pytest.ini_options]'
     echo 'markers = ["slow: longer tests"]'
