@@ -200,3 +200,21 @@ def test_solver_defaults_are_the_documented_ones(tiny_inputs):
     assert torch.equal(od_logits(frames, desc), od_logits(frames, desc, 1.0, **explicit))
     for change in (dict(eps=1.1), dict(tol=1.01), dict(max_iter=3)):
         assert not torch.allclose(od_scores(frames, desc, **{**explicit, **change}), od_scores(frames, desc))
+
+
+def test_sinkhorn_arguments_bounds_and_messages():
+    from vclip.methods.od_solver import sinkhorn
+
+    cost = torch.rand(3, 4, 5, generator=torch.Generator().manual_seed(0))
+    one = sinkhorn(cost, max_iter=1)  # one iteration is valid; its last (column) update is exact: 1/N
+    torch.testing.assert_close(one.sum(-2), torch.full((3, 5), 1 / 5))
+    for kwargs, message in ((dict(eps=0), r"^sinkhorn: eps must be > 0, got 0$"),
+                            (dict(max_iter=0), r"^sinkhorn: max_iter must be >= 1, got 0$"),
+                            (dict(stopping="never"), r"^sinkhorn: unknown stopping rule 'never'$"),
+                            (dict(domain="exp"), r"^sinkhorn: unknown domain 'exp'$")):
+        with pytest.raises(ValueError, match=message):
+            sinkhorn(cost, **kwargs)
+    _, per = sinkhorn(cost, stopping="per_problem", return_iters=True)
+    _, glob = sinkhorn(cost, return_iters=True)
+    _, fixed = sinkhorn(cost, stopping="none", max_iter=7, return_iters=True)
+    assert per.shape == (3,) and glob.shape == () and int(fixed) == 7
