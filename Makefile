@@ -19,8 +19,12 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/python -m pip install -q --no-deps 'torchcodec==0.13.0'
 	touch $@
 
-.PHONY: install test demo
+.PHONY: install test demo dev
 install: $(VENV)/.installed
+
+# developer tools (mutation testing: bash benchmarks/mutation.sh; not part of `make test`)
+dev: $(VENV)/.installed
+	$(VENV)/bin/python -m pip install -q -e '.[test,dev]'
 
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest -q tests

@@ -60,7 +60,9 @@ OFF_HOOKS = {
     "extra_tokens_none": lambda: [type("E", (TowerHook,), {"extra_tokens": lambda s, i, x, st: None})()],
     "merge_r0": lambda: [TokenMerging(0, layers=2)],
     "taps": lambda: [LayerTaps()],
-    "prompts_depth_0_all_off": lambda: [Nothing(), LayerTaps([]), TokenMerging([0, 0], layers=2)],
+    # prompt depth 0 (K = 0 prompt sets) beside every other extension switched off
+    "prompts_depth_0_all_off": lambda: [DeepPrompts([]), DeepPrompts(torch.empty(0, 3, 64)), Nothing(),
+                                        LayerTaps([]), TokenMerging([0, 0], layers=2)],
 }
 
 
@@ -68,12 +70,26 @@ OFF_HOOKS = {
 def test_extension_off_is_bit_identical(model, images, name):
     tokens = random_tokens(3)
     with torch.no_grad():
-        img = model.visual(images).embeds
-        txt = model.text(tokens).embeds
-        img_h = model.visual(images, hooks=OFF_HOOKS[name]()).embeds
-        txt_h = model.text(tokens, hooks=OFF_HOOKS[name]()).embeds
-    assert torch.equal(img, img_h)
-    assert torch.equal(txt, txt_h)
+        img = model.visual(images, return_tokens=True)
+        txt = model.text(tokens, return_tokens=True)
+        img_h = model.visual(images, hooks=OFF_HOOKS[name](), return_tokens=True)
+        txt_h = model.text(tokens, hooks=OFF_HOOKS[name](), return_tokens=True)
+    assert torch.equal(img.embeds, img_h.embeds) and torch.equal(img.tokens, img_h.tokens)
+    assert torch.equal(txt.embeds, txt_h.embeds) and torch.equal(txt.tokens, txt_h.tokens)
+    assert img_h.state.tail_tokens == 0 and torch.equal(txt_h.state.eot_index, tokens.argmax(-1))
+
+
+def test_prompts_of_zero_tokens_are_no_prompts(model, images):
+    """K = 2 prompt sets of n_ctx = 0 tokens: nothing inserted, nothing replaced, plain CLIP exactly
+    (the vision replacement must not cut ``x[:, :-0]``, i.e. every token)."""
+    tokens = random_tokens(3)
+    with torch.no_grad():
+        img = model.visual(images, hooks=[DeepPrompts(torch.empty(2, 0, 64))], return_tokens=True)
+        txt = model.text(tokens, hooks=[DeepPrompts(torch.empty(2, 0, 32))], return_tokens=True)
+        assert torch.equal(img.tokens, model.visual(images, return_tokens=True).tokens)
+        assert torch.equal(txt.tokens, model.text(tokens, return_tokens=True).tokens)
+        assert torch.equal(txt.embeds, model.text(tokens).embeds)
+    assert img.state.tail_tokens == 0 and torch.equal(txt.state.eot_index, tokens.argmax(-1))
 
 
 def test_plain_tower_matches_hand_written_blocks(model, images):
@@ -278,10 +294,30 @@ def test_final_tokens(model, images):
 # composition, checkpointing, compile, autocast -------------------------------------------------------
 
 def test_hooks_compose(model, images):
+    """Deep prompts (replaced before block 1) + message tokens + a tap, all in one forward, equal the
+    three applied by hand, in list order, with explicit attention."""
+    n_ctx, scale = 2, [0.8, -1.1]
+    prompts = torch.randn(2, n_ctx, 64, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        out = model.visual(images, hooks=[DeepPrompts(torch.randn(2, 2, 64)), MessageTokens([1.0, 1.0]),
-                                          LayerTaps([0])], return_tokens=True)
-    assert out.tokens.shape[1] == 17 + 2 and 0 in out.state.taps
+        out = model.visual(images, hooks=[DeepPrompts(prompts), MessageTokens(scale), LayerTaps([0])],
+                           return_tokens=True)
+        v = model.visual
+        x = v.ln_pre(torch.cat([v.embed(images), prompts[0].expand(4, -1, -1)], dim=1))
+        length, taps = x.shape[1], {}
+        for i, block in enumerate(v.transformer.resblocks):
+            if i:  # DeepPrompts.before_block: replace the trailing prompt tokens
+                x = torch.cat([x[:, :-n_ctx], prompts[i].expand(4, -1, -1)], dim=1)
+            full = torch.cat([x, (scale[i] * x[:, :1]).tanh()], dim=1)  # message token from the new x
+            x = (full + plain_attention(block, block.ln_1(full)))[:, :length]
+            x = x + block.mlp(block.ln_2(x))
+            if i == 0:
+                taps[0] = x
+        embeds = v.ln_post(x[:, 0]) @ v.proj
+    assert out.tokens.shape == (4, 17 + n_ctx, 64) and sorted(out.state.taps) == [0]
+    torch.testing.assert_close(out.tokens, x, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.state.taps[0], taps[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.embeds, embeds, rtol=1e-5, atol=1e-6)
+    assert out.state.tail_tokens == n_ctx
 
 
 def test_gradient_checkpointing_same_values_and_grads(images):
@@ -319,10 +355,40 @@ def test_bf16_autocast(model, images):
 
 
 def test_forward_state_is_fresh_per_call(model, images):
-    state = ForwardState(tower="vision")
+    """Each forward without a state gets a new one: taps, sizes, prompt counts and source of one call
+    never reach the next, and the same call repeated gives the same result; a state the caller
+    passes collects that call's records only."""
+    prompts = torch.randn(2, 2, 64, generator=torch.Generator().manual_seed(4))
+    rich = lambda: [DeepPrompts(prompts), TokenMerging(3, layers=2, track_source=True), LayerTaps([1])]  # noqa: E731
+    tokens = random_tokens(2)
+    tokens[0, 40:] = 0
+    tokens[0, 40] = 49407  # room for 3 prompt tokens
     with torch.no_grad():
-        model.visual(images, hooks=[LayerTaps()], state=state)
-    assert len(state.taps) == 2
+        plain = model.visual(images).embeds
+        plain_text = model.text(tokens).embeds
+        first = model.visual(images, hooks=rich())
+        second = model.visual(images[:2], hooks=[LayerTaps([0])])
+        third = model.visual(images)
+        again = model.visual(images, hooks=rich())
+        text_prompted = model.text(tokens, hooks=[DeepPrompts(torch.randn(1, 3, 32))])
+        text_plain = model.text(tokens)
+        mine = ForwardState(tower="vision")
+        model.visual(images, hooks=[LayerTaps([0])], state=mine)
+        model.visual(images, hooks=[LayerTaps([1])], state=ForwardState(tower="vision"))
+    states = [first.state, second.state, third.state, again.state, mine]
+    assert len({id(s) for s in states}) == len(states)
+    assert first.state.tail_tokens == 2 and again.state.tail_tokens == 2
+    assert first.state.size.shape == (4, 17 + 2 - 6) and first.state.source.shape == (4, 13, 19)
+    assert sorted(second.state.taps) == [0] and second.state.taps[0].shape[0] == 2
+    assert second.state.tail_tokens == 0 and second.state.size is None and second.state.source is None
+    assert third.state.taps == {} and third.state.size is None and third.state.tail_tokens == 0
+    assert torch.equal(third.embeds, plain)
+    assert torch.equal(again.embeds, first.embeds) and torch.equal(again.state.size, first.state.size)
+    assert torch.equal(again.state.source, first.state.source)
+    assert torch.equal(text_plain.state.eot_index, tokens.argmax(-1))
+    assert torch.equal(text_prompted.state.eot_index, tokens.argmax(-1) + 3)
+    assert torch.equal(text_plain.embeds, plain_text)
+    assert sorted(mine.taps) == [0]
 
 
 # ToMe against an independent, straightforward implementation (float64) ---------------------------

@@ -15,7 +15,7 @@ from vclip.backbone import (
     VisionTransformer,
     get_config,
 )
-from vclip.backbone.hooks import bipartite_soft_matching, parse_merge_schedule
+from vclip.backbone.hooks import bipartite_soft_matching, check_single_merge, parse_merge_schedule
 
 
 def _perturbed(name):
@@ -303,3 +303,74 @@ def test_new_options_off_are_bit_identical(tiny):
     assert torch.equal(plain.embeds, off.embeds) and torch.equal(plain.tokens, off.tokens)
     assert off.state.size is None and off.state.source is None
     assert all(s[3] is None for s in rec.seen)
+
+
+# --- found by mutation testing (benchmarks/mutation.sh vclip/backbone/hooks.py) -------------------
+
+def test_matching_clamps_r_and_never_merges_the_class_token():
+    metric = torch.randn(2, 6, 4, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, 6, 3, generator=torch.Generator().manual_seed(1))
+    assert bipartite_soft_matching(metric, 0) is None
+    assert bipartite_soft_matching(metric, 1)(x).shape == (2, 5, 3)
+    merge = bipartite_soft_matching(metric, 10)  # clamped to (6 - 1) // 2 = 2
+    out = merge(x)  # reduce defaults to "sum"
+    assert out.shape == (2, 4, 3) and torch.equal(out, merge(x, "sum"))
+    assert torch.equal(out[:, 0], x[:, 0])  # the class token stays first, alone
+    free = bipartite_soft_matching(metric, 3, class_token=False)  # (6 - 0) // 2 = 3: every A token merges
+    assert free(x).shape == (2, 3, 3)
+
+
+def test_token_merging_schedule_edges(tiny):
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    counts = []
+
+    class Count(TowerHook):
+        def after_block(self, i, x, state):
+            counts.append(x.shape[1])
+            return x
+
+    with torch.no_grad():
+        tiny.visual(images, hooks=[TokenMerging(1, layers=2), Count()])           # r = 1 merges one token
+        tiny.visual(images, hooks=[TokenMerging([4], layers=1), Count()])         # blocks past the schedule: none
+    assert counts == [16, 15, 13, 13]
+    # called directly without a state: no tail tokens; class_token=False lets the class token merge
+    metric = torch.randn(1, 7, 4, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(1, 7, 5, generator=torch.Generator().manual_seed(4))
+    out, size = TokenMerging(3, layers=1, class_token=False).merge(0, x, metric, None, None)
+    ref = bipartite_soft_matching(metric, 3, class_token=False)
+    torch.testing.assert_close(out, ref(x, "sum") / ref(torch.ones(1, 7, 1), "sum"))
+    assert size.sum().item() == 7 and out.shape == (1, 4, 5)
+
+
+def test_schedule_and_merge_errors_name_the_value():
+    assert parse_merge_schedule(3, 0) == []  # zero layers is valid
+    assert parse_merge_schedule((4, -1.0), 2) == [8, 0]
+    with pytest.raises(ValueError, match=r"^merge schedule: layers must be an int ≥ 0, got '2'$"):
+        parse_merge_schedule(3, "2")
+    with pytest.raises(ValueError, match=r"^merge schedule: r\[1\] must be an int, got 2\.5 \(float\)$"):
+        parse_merge_schedule([2, 2.5], 2)
+    with pytest.raises(ValueError, match=r"^merge schedule: r must be ≥ 0, got -1$"):
+        parse_merge_schedule(-1, 2)
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['k'\]; allowed"):
+        parse_merge_schedule({"r": 2, "k": 1}, 2)
+    with pytest.raises(ValueError, match=r"^merge schedule mapping needs 'r' \(e\.g\. \{'r': 16, 'inflect': -1\}\)$"):
+        parse_merge_schedule({"inflect": 1}, 2)
+    with pytest.raises(ValueError, match=r"^merge schedule must be an int, a list of ints, an \(r, inflect\) tuple "
+                                         r"or a mapping \{'r': \.\.\., 'inflect': \.\.\.\}; got 'x' \(str\)$"):
+        parse_merge_schedule("x", 2)
+    with pytest.raises(ValueError, match=r"^hooks TokenMerging, TokenMerging all implement merge"):
+        check_single_merge([TokenMerging(1, 1), LayerTaps(), TokenMerging(1, 1)])
+
+
+def test_deep_prompts_dtype_counts_and_room(tiny):
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        out = tiny.visual(images, hooks=[DeepPrompts(torch.randn(1, 2, 64, dtype=torch.float64)),
+                                         DeepPrompts(torch.randn(1, 3, 64))], return_tokens=True)
+    assert out.tokens.dtype == torch.float32 and out.tokens.shape[1] == 17 + 5
+    assert out.state.tail_tokens == 5  # both hooks' prompts are tail tokens
+    tokens = torch.zeros(1, 77, dtype=torch.long)
+    tokens[0, 0], tokens[0, 1:74], tokens[0, 74] = 49406, 1, 49407  # 75 tokens: 2 padding positions
+    with pytest.raises(ValueError, match=r"^text of 75 tokens plus 3 prompt tokens exceeds the context length 77$"):
+        tiny.text(tokens, hooks=[DeepPrompts(torch.randn(1, 3, 32))])
+    tiny.text(tokens, hooks=[DeepPrompts(torch.randn(1, 2, 32))])  # two fit

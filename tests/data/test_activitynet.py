@@ -240,3 +240,16 @@ def test_the_engine_reads_both_subsets_of_one_file(anet, tmp_path):
     assert [(r.path, r.label, r.segment) for r in val.records] == \
         [(r.path, r.label, r.segment) for r in direct["validation"]]
     assert train.records and val.records and all(r.segment is not None for r in train.records)
+
+
+def test_segment_frame_range_edges_and_messages():
+    """Found by mutation testing: the bounds of segment_frame_range's checks and their messages."""
+    assert segment_frame_range(0.0, 1.0, 30, 1) == (0, 1)  # a one-frame video is valid
+    assert segment_frame_range(0.0, 1.0, 0.5, 2) == (0, 1)  # so is a frame rate below 1
+    with pytest.raises(ValueError, match=r"^cannot sample from a video with 0 frames$"):
+        segment_frame_range(0.0, 1.0, 30, 0)
+    for fps in (0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match=rf"^frame rate must be positive, got {fps}$"):
+            segment_frame_range(0.0, 1.0, fps, 30)
+    with pytest.raises(ValueError, match=r"^segment \[3, 4\] s lies outside the video \(30 frames, 3\.00 s at 10 fps\)$"):
+        segment_frame_range(3.0, 4.0, 10, 30)  # starts exactly where the video ends

@@ -147,3 +147,96 @@ def test_config_errors():
     assert (s.mode, s.num_frames, s.interval, s.num_clips, s.test_mode) == ("dense", 16, 4, 2, True)
     with pytest.raises(ConfigError):
         build_sampler(None, frames=3)
+
+
+# --- found by mutation testing (benchmarks/mutation.sh vclip/data/sampling.py) --------------------
+
+def test_smallest_valid_inputs_are_accepted():
+    """1 frame, 1 segment, interval 1, alpha 1 are valid (off-by-one bounds would reject them)."""
+    assert segment_indices(1, 4, test_mode=True).tolist() == [[0, 0, 0, 0]]
+    assert segment_indices(10, 1, test_mode=True).tolist() == [[5]]
+    assert dense_indices(10, 4, test_mode=True).tolist() == [[3, 4, 5, 6]]  # interval defaults to 1
+    assert dense_indices(10, 1, 1, test_mode=True).tolist() == [[5]]
+    dense, sparse = dense_sparse_indices(12, 3, 1, test_mode=True)
+    assert dense.tolist() == sparse.tolist() == [[2, 6, 10]]
+    dense, sparse = dense_sparse_indices(12, 3, test_mode=True)  # alpha defaults to 2
+    assert dense.tolist() == [[1, 3, 5, 7, 9, 11]] and sparse.tolist() == [[1, 5, 9]]
+    assert apply_short_policy(np.array([3, 5, 6]), 4).tolist() == [3, 1, 2]  # "loop" by default
+
+
+def test_index_dtypes_are_int64():
+    rng = np.random.default_rng(0)
+    for idx in (dense_indices(50, 4, 2, test_mode=True), dense_indices(50, 4, 2, test_mode=False, rng=rng),
+                segment_indices(50, 4, test_mode=True), dense_sparse_indices(50, 2, test_mode=False, rng=rng)[0]):
+        assert idx.dtype == np.int64
+
+
+def test_dense_sparse_train_mode_uses_the_rng():
+    a = dense_sparse_indices(100, 4, test_mode=False, rng=np.random.default_rng(3))[0]
+    b = segment_indices(100, 8, test_mode=False, rng=np.random.default_rng(3))
+    assert np.array_equal(a, b)
+
+
+def test_error_messages_name_the_value():
+    with pytest.raises(ValueError, match=r"^cannot sample from a video with 0 frames$"):
+        segment_indices(0, 8, test_mode=True)
+    with pytest.raises(ValueError, match=r"^clip_len \(0\) and num_clips \(2\) must be >= 1$"):
+        segment_indices(10, 0, test_mode=True, num_clips=2)
+    with pytest.raises(ValueError, match=r"^clip_len \(3\) and num_clips \(0\) must be >= 1$"):
+        dense_indices(10, 3, test_mode=True, num_clips=0)
+    with pytest.raises(ValueError, match=r"^train-mode sampling needs a numpy Generator \(rng\)$"):
+        segment_indices(10, 3, test_mode=False)
+    with pytest.raises(ValueError, match=r"^interval must be >= 1, got 0$"):
+        dense_indices(10, 3, 0, test_mode=True)
+    with pytest.raises(ValueError, match=r"^alpha must be >= 1, got 0$"):
+        dense_sparse_indices(10, 3, 0, test_mode=True)
+    with pytest.raises(ConfigError, match=r"^short_policy must be one of \('loop', 'repeat_last'\), got 'mirror'$"):
+        apply_short_policy(np.array([1]), 4, "mirror")
+    with pytest.raises(ConfigError, match=r"^sampling mode must be one of \('segment', 'dense', 'dense_sparse'\), "
+                                          r"got 'uniform'$"):
+        FrameSampler("uniform")
+    with pytest.raises(ConfigError, match=r"^short_policy must be one of .*, got 'mirror'$"):
+        FrameSampler(short_policy="mirror")
+    with pytest.raises(ConfigError, match=r"^sampling alpha must be >= 1, got 0$"):
+        FrameSampler(alpha=0)
+
+
+def test_window_bounds_and_offset():
+    """``window=(first, stop)`` samples frames first..stop-1 only, offset by first; every window
+    inside the video is accepted (also the whole video and one frame at either end), others not."""
+    s = FrameSampler("segment", num_frames=4, test_mode=True)
+    assert s(30, window=(10, 18)).tolist() == [[11, 13, 15, 17]]
+    assert s(30, window=(0, 30)).tolist() == s(30).tolist()
+    assert s(30, window=(0, 1)).tolist() == [[0, 0, 0, 0]]
+    assert s(30, window=(29, 30)).tolist() == [[29, 29, 29, 29]]
+    r = FrameSampler("segment", num_frames=4)
+    assert np.array_equal(r(30, np.random.default_rng(1), window=(10, 18)),
+                          10 + r(8, np.random.default_rng(1)))
+    for bad in ((-1, 5), (5, 5), (6, 5), (0, 31)):
+        with pytest.raises(ValueError, match=rf"^frame window \[{bad[0]}, {bad[1]}\) is not inside a video of 30 frames$"):
+            s(30, window=bad)
+
+
+def test_sampler_passes_its_settings_through():
+    """FrameSampler forwards interval, short_policy and alpha to the sampling functions."""
+    dense = FrameSampler("dense", num_frames=4, interval=3, short_policy="repeat_last", test_mode=True)
+    assert dense(20).tolist() == dense_indices(20, 4, 3, test_mode=True).tolist() == [[4, 7, 10, 13]]
+    assert dense(8).tolist() == [[0, 3, 6, 7]]  # past the end: repeat the last frame (loop would give 1)
+    ds = FrameSampler("dense_sparse", num_frames=2, alpha=3, test_mode=True)
+    assert ds(12).tolist() == dense_sparse_indices(12, 2, 3, test_mode=True)[0].tolist() == [[1, 3, 5, 7, 9, 11]]
+
+
+def test_build_sampler_from_an_object_and_defaults():
+    from types import SimpleNamespace
+
+    s = build_sampler(SimpleNamespace(mode="dense", num_frames=16, interval=None, other="ignored"))
+    assert (s.mode, s.num_frames, s.interval, s.test_mode) == ("dense", 16, 1, False)  # train mode by default
+    with pytest.raises(ConfigError, match=r"^unknown sampling option\(s\): \['frames'\]$"):
+        build_sampler(None, frames=3)
+
+
+def test_segment_train_clamps_float_rounding_to_the_last_frame():
+    """u just below 1: k + u rounds up to k + 1 in float64 for k >= 1, so the last segment's
+    floor((k + u) N / T) would be N; it is clamped to N - 1."""
+    idx = segment_indices(8, 8, test_mode=False, rng=ConstRng(np.nextafter(1.0, 0.0)))
+    assert idx.tolist() == [[0, 2, 3, 4, 5, 6, 7, 7]]

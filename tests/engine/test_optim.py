@@ -296,3 +296,137 @@ def test_unknown_schedule_is_refused():
     opt = build_optimizer(nn.Linear(2, 2), lr=1e-3, weight_decay=0.0)
     with pytest.raises(ConfigError, match=r"train\.schedule: 'cosine'"):
         WarmupCosine(opt, total_steps=10, warmup_steps=1, min_lr=0.0, schedule="cosine")
+
+
+# --- found by mutation testing (benchmarks/mutation.sh vclip/engine/optim.py) ---------------------
+
+class ToyMethod(Toy):
+    """What build_method_optimizer reads from a VideoMethod: its groups, LR multipliers and decay rule."""
+
+    parameter_groups = ("new",)
+
+    def parameter_group(self, name):
+        return group_of(name)
+
+    def lr_mults(self, lr_mult_new, overrides):
+        return {"new": lr_mult_new, **overrides}
+
+    def decays(self, name, param):  # a rule of its own: only the MIT decays
+        return name.startswith("mit.")
+
+
+def test_build_method_optimizer_uses_the_methods_groups_and_the_train_config():
+    from types import SimpleNamespace
+
+    from vclip.engine.optim import build_method_optimizer
+
+    cfg = SimpleNamespace(lr=2e-5, weight_decay=0.05, betas=[0.8, 0.9], eps=1e-6, lr_mult_new=4.0, lr_mults={})
+    opt = build_method_optimizer(ToyMethod(), cfg, fused=False)
+    g = groups_by_name(opt.param_groups)
+    assert list(g) == ["clip/no_decay", "new/decay", "new/no_decay"]  # clip decays nowhere: the method's rule
+    assert g["new/decay"]["param_names"] == ["mit.weight", "mit.bias"]
+    assert [x["lr"] for x in opt.param_groups] == pytest.approx([2e-5, 8e-5, 8e-5])
+    assert g["new/decay"]["weight_decay"] == 0.05 and g["new/no_decay"]["weight_decay"] == 0.0
+    assert opt.defaults["betas"] == (0.8, 0.9) and opt.defaults["eps"] == 1e-6 and opt.defaults["fused"] is False
+    cfg.lr_mults = {"new": 2.5}
+    assert [x["lr"] for x in build_method_optimizer(ToyMethod(), cfg).param_groups] == pytest.approx([2e-5, 5e-5, 5e-5])
+    cfg.lr_mult_new = 0
+    with pytest.raises(ConfigError, match=r"^optimizer lr_mult_new must be a finite number > 0, got 0$"):
+        build_method_optimizer(ToyMethod(), cfg)
+
+
+def test_number_checks_bounds_and_messages():
+    m = Toy()
+    assert param_groups(m, lr=0.0, weight_decay=0.0, group_of=group_of, lr_mults={"new": 0.5})[-1]["lr_mult"] == 0.5
+    with pytest.raises(ConfigError, match=r"^optimizer lr must be a finite number >= 0, got -1$"):
+        param_groups(m, lr=-1, weight_decay=0.0)
+    with pytest.raises(ConfigError, match=r"^optimizer weight_decay must be a finite number >= 0, got nan$"):
+        param_groups(m, lr=1.0, weight_decay=float("nan"))
+    with pytest.raises(ConfigError, match=r"^optimizer LR multiplier of group 'new' must be a finite number > 0, "
+                                          r"got 0$"):
+        param_groups(m, lr=1.0, weight_decay=0.0, lr_mults={"new": 0})
+
+
+def test_clip_group_first_and_groups_with_only_no_decay():
+    class NewFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.prompts = nn.Module()
+            self.prompts.scale = nn.Parameter(torch.ones(3))  # new / no_decay only
+            self.visual = nn.Linear(2, 2, bias=False)          # clip / decay only
+
+    groups = param_groups(NewFirst(), lr=1.0, weight_decay=0.1, group_of=group_of)
+    assert [g["name"] for g in groups] == ["clip/decay", "new/no_decay"]
+
+
+def test_build_optimizer_passes_its_settings_to_adamw():
+    opt = build_optimizer(Toy(), lr=3e-4, weight_decay=0.2, eps=1e-5, betas=(0.5, 0.6))
+    assert opt.defaults["lr"] == 3e-4 and opt.defaults["weight_decay"] == 0.2 and opt.defaults["eps"] == 1e-5
+    assert opt.defaults["betas"] == (0.5, 0.6)
+    assert opt.defaults["fused"] is None  # CPU parameters: torch's default kernel, not an explicit choice
+    assert build_optimizer(Toy(), lr=3e-4, weight_decay=0.2, fused=True).defaults["fused"] is True
+    with pytest.raises(ConfigError, match=r"^no trainable parameters: every parameter has requires_grad=False "
+                                          r"\(are both towers frozen and the method adds no new modules\?\)$"):
+        build_optimizer(nn.Linear(2, 2).requires_grad_(False), lr=1e-3, weight_decay=0.0)
+
+
+def test_timm_warmup_from_a_nonzero_initial_lr():
+    # warmup_lr_init + step · (base − init) / warmup = 0.2 + 2 · 0.8 / 4
+    assert timm_cosine_lr(2, base_lr=1.0, total_steps=10, warmup_steps=4, min_lr=0.0,
+                          warmup_lr_init=0.2) == pytest.approx(0.6)
+
+
+def test_schedule_edges_and_messages():
+    opt = build_optimizer(Toy(), lr=1.0, weight_decay=0.0)
+    WarmupCosine(opt, total_steps=1, warmup_steps=0, min_lr=0.0)  # a one-step run is valid
+    with pytest.raises(ConfigError, match=r"^train.schedule: 'linear' is not one of 'cosine_after_warmup', "
+                                          r"'timm_cosine'$"):
+        WarmupCosine(opt, total_steps=5, warmup_steps=0, min_lr=0.0, schedule="linear")
+    sched = WarmupCosine(opt, total_steps=10, warmup_steps=2, min_lr=0.0)
+    state = sched.state_dict()
+    state["schedule"] = "linear"
+    with pytest.raises(ConfigError, match=r"^scheduler state has an unknown schedule 'linear' "
+                                          r"\(known: cosine_after_warmup, timm_cosine\)$"):
+        WarmupCosine(opt, total_steps=10, warmup_steps=2, min_lr=0.0).load_state_dict(state)
+    other = build_optimizer(nn.Linear(2, 2, bias=False), lr=1.0, weight_decay=0.0)
+    with pytest.raises(ConfigError, match=r"^scheduler state has 2 parameter groups, the optimizer 1 \(the trainable "
+                                          r"parameters changed since the checkpoint\)$"):
+        WarmupCosine(other, total_steps=10, warmup_steps=2, min_lr=0.0).load_state_dict(sched.state_dict())
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    fresh = WarmupCosine(build_optimizer(Toy(), lr=1.0, weight_decay=0.0), total_steps=10, warmup_steps=2, min_lr=0.0)
+    fresh.load_state_dict(sched.state_dict())
+    assert fresh.get_last_lr() == sched.get_last_lr() == pytest.approx([0.5 * (1 + math.cos(math.pi / 8))] * 2)
+
+
+def test_group_order_custom_no_decay_and_decay_rules_that_read_the_parameter():
+    from types import SimpleNamespace
+
+    from vclip.engine.optim import build_method_optimizer
+
+    class TwoGroups(ToyMethod):
+        parameter_groups = ("prompt", "new")  # declared order, not the order of appearance (mit first)
+
+        def parameter_group(self, name):
+            return "prompt" if name.startswith("prompts.") else group_of(name)
+
+        def decays(self, name, param):
+            return param.ndim >= 2  # reads the parameter, not only its name
+
+    cfg = SimpleNamespace(lr=1.0, weight_decay=0.1, betas=[0.9, 0.98], eps=1e-8, lr_mult_new=10.0, lr_mults={})
+    names = [g["name"] for g in build_method_optimizer(TwoGroups(), cfg).param_groups]
+    assert names == ["clip/decay", "clip/no_decay", "prompt/decay", "prompt/no_decay", "new/decay", "new/no_decay"]
+    g = groups_by_name(build_method_optimizer(TwoGroups(), cfg).param_groups)
+    assert g["prompt/decay"]["param_names"] == ["prompts.position_embedding", "prompts.mlp.weight"]
+    # a custom no_decay list replaces the default keywords (positional_embedding decays, proj does not)
+    g = groups_by_name(param_groups(Toy(), lr=1.0, weight_decay=0.1, no_decay=("proj",)))
+    assert "visual.positional_embedding" in g["clip/decay"]["param_names"]
+    assert "visual.proj" in g["clip/no_decay"]["param_names"]
+
+
+def test_warmup_as_long_as_the_run_is_refused():
+    opt = build_optimizer(Toy(), lr=1.0, weight_decay=0.0)
+    with pytest.raises(ConfigError, match=r"^schedule warmup_steps \(1\) must be smaller than total_steps \(1\); "
+                                          r"shorten the warm-up or train longer$"):
+        WarmupCosine(opt, total_steps=1, warmup_steps=1, min_lr=0.0)

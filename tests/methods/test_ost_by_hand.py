@@ -172,3 +172,49 @@ def test_wise_blends_every_parameter_and_the_model_uses_the_blend(tmp_path):
         lb, lr, la = blended(video, vocab).logits, ref(video, vocab).logits, init(video, vocab).logits
     assert torch.allclose(lb, lr, atol=1e-5, rtol=0)
     assert (lb - la).abs().max() > 1e-2             # and the blend is not the initial model
+
+
+# --- found by mutation testing (benchmarks/mutation.sh vclip/methods/od_solver.py) ---------------
+
+def test_pooled_scores_renormalised_and_per_video_descriptors(tiny_inputs):
+    """The two paths of pooled_scores no other test reaches: ``renormalize=True`` (cosine of the two
+    means) and descriptors per video [B, K, N, E] (each video against its own text)."""
+    frames, desc = tiny_inputs
+    f, d = frames.numpy(), desc.numpy()
+    np.testing.assert_allclose(pooled_scores(frames, desc, renormalize=True).double().numpy(),
+                               unit(unit(f).mean(1)) @ unit(unit(d).mean(1)).T, atol=1e-6)
+    per_video = torch.stack([desc, desc.flip(0) * 2.0])          # video 1 sees the classes swapped
+    got = pooled_scores(frames, per_video).double().numpy()
+    ref = hand_pool(f, d)
+    np.testing.assert_allclose(got[0], ref[0], atol=1e-6)
+    np.testing.assert_allclose(got[1], ref[1, ::-1], atol=1e-6)  # unit descriptors: the ×2 does not count
+
+
+def test_solver_defaults_are_the_documented_ones(tiny_inputs):
+    """od_logits / od_scores defaults: eps 0.1, at most 100 iterations, tol 1e-2, global stopping
+    checked every 10 iterations (what OST's config sets); a changed default changes the scores."""
+    torch.set_num_threads(1)
+    frames, desc = tiny_inputs
+    explicit = dict(eps=0.1, max_iter=100, tol=1e-2, stopping="global", check_every=10, domain="auto")
+    assert torch.equal(od_scores(frames, desc), od_scores(frames, desc, **explicit))
+    assert torch.equal(od_logits(frames, desc), od_logits(frames, desc, 1.0, **explicit))
+    for change in (dict(eps=1.1), dict(tol=1.01), dict(max_iter=3)):
+        assert not torch.allclose(od_scores(frames, desc, **{**explicit, **change}), od_scores(frames, desc))
+
+
+def test_sinkhorn_arguments_bounds_and_messages():
+    from vclip.methods.od_solver import sinkhorn
+
+    cost = torch.rand(3, 4, 5, generator=torch.Generator().manual_seed(0))
+    one = sinkhorn(cost, max_iter=1)  # one iteration is valid; its last (column) update is exact: 1/N
+    torch.testing.assert_close(one.sum(-2), torch.full((3, 5), 1 / 5))
+    for kwargs, message in ((dict(eps=0), r"^sinkhorn: eps must be > 0, got 0$"),
+                            (dict(max_iter=0), r"^sinkhorn: max_iter must be >= 1, got 0$"),
+                            (dict(stopping="never"), r"^sinkhorn: unknown stopping rule 'never'$"),
+                            (dict(domain="exp"), r"^sinkhorn: unknown domain 'exp'$")):
+        with pytest.raises(ValueError, match=message):
+            sinkhorn(cost, **kwargs)
+    _, per = sinkhorn(cost, stopping="per_problem", return_iters=True)
+    _, glob = sinkhorn(cost, return_iters=True)
+    _, fixed = sinkhorn(cost, stopping="none", max_iter=7, return_iters=True)
+    assert per.shape == (3,) and glob.shape == () and int(fixed) == 7

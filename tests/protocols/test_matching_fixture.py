@@ -48,3 +48,24 @@ def test_excerpt_pairs_and_leftovers():
                      "hugging baby", "opening wine bottle", "sipping cup"]
     assert m.unmatched_k400 == ["balloon blowing", "drinking", "skiing (not slalom or crosscountry)"]
     assert [a for a, _, _ in m.matched] == [a for a in k400 if a not in m.unmatched_k400]  # K400 order
+
+
+def test_ambiguous_names_are_left_unmatched():
+    """A K400 name whose key fits two free K600 names in a tier is matched to neither (in no later tier
+    either): both K600 names stay new and the K400 class unmatched, instead of a silent pick of the
+    first. Here "cleaning pool" fits two qualified K600 names (qualifier tier, and again by words),
+    "Riding Bike" two spellings (normalised tier). The rest of the excerpt matches as before."""
+    k400, k600 = _lists()
+    k400 = k400 + ["cleaning pool", "Riding Bike"]
+    k600 = k600 + ["cleaning pool (billiards)", "cleaning pool (swimming)", "riding bikes", "riding a bike"]
+    m = match_kinetics(k400, k600)
+    matched = {a: b for a, b, _ in m.matched}
+    assert "cleaning pool" not in matched and "Riding Bike" not in matched
+    assert m.unmatched_k400 == ["balloon blowing", "drinking", "skiing (not slalom or crosscountry)",
+                                "cleaning pool", "Riding Bike"]
+    assert m.new[-4:] == ["cleaning pool (billiards)", "cleaning pool (swimming)", "riding bikes", "riding a bike"]
+    assert m.counts()["matched"] == 16 and len(m.new) == 7 + 4
+    # with one of the two gone the other is a unique match again
+    m1 = match_kinetics(k400, k600[:-3] + ["riding a bike"])
+    assert ("cleaning pool", "cleaning pool (billiards)", "qualifier") in m1.matched
+    assert ("Riding Bike", "riding a bike", "normalised") in m1.matched

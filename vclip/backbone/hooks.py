@@ -166,18 +166,21 @@ class DeepPrompts(TowerHook):
     *before* the positional embedding (they take positions 1…n_ctx, like CoOp's context words); the
     sequence keeps its length (the last n_ctx positions, padding, are dropped) and the end-of-text
     index moves by n_ctx. Text must leave n_ctx padding positions free.
+
+    Depth 0 (``prompts`` empty: K = 0) or prompts of 0 tokens (n_ctx = 0) is "no prompts": the hook
+    leaves the tower bit-identical to plain CLIP (a prompt-depth-0 config needs no special case).
     """
 
     def __init__(self, prompts: Sequence[torch.Tensor] | torch.Tensor):
         self.prompts = list(prompts.unbind(0)) if isinstance(prompts, torch.Tensor) else list(prompts)
-        if not self.prompts:
-            raise ValueError("DeepPrompts needs at least the input prompts")
-        self.n_ctx = self.prompts[0].shape[0]
+        self.n_ctx = self.prompts[0].shape[0] if self.prompts else 0
 
     def _expand(self, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return p.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
 
     def on_embed(self, x, state):
+        if self.n_ctx == 0:
+            return x
         p = self._expand(self.prompts[0], x)
         if state.tower == "vision":
             state.tail_tokens += self.n_ctx
@@ -194,7 +197,7 @@ class DeepPrompts(TowerHook):
         return torch.cat([x[:, :1], p, x[:, 1 : x.shape[1] - n]], dim=1)
 
     def before_block(self, index, x, state):
-        if index == 0 or index >= len(self.prompts):
+        if index == 0 or index >= len(self.prompts) or self.n_ctx == 0:
             return x
         p, n = self._expand(self.prompts[index], x), self.n_ctx
         if state.tower == "vision":

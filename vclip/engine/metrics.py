@@ -155,7 +155,7 @@ class Accumulator:
         if ks:
             self.num_classes = ks.pop()
         k = self.num_classes or 0
-        scores = np.concatenate([p[1].reshape(-1, k) for p in parts]).astype(np.float32, copy=False)
+        scores = np.concatenate([p[1].reshape(len(p[3]), k) for p in parts]).astype(np.float32, copy=False)
         targets = np.concatenate([p[2] for p in parts])
         indices = np.concatenate([p[3] for p in parts])
         self._set(*self._dedup(scores, targets, indices))
