@@ -349,3 +349,56 @@ def test_quick_suite_from_scratch(tmp_path):
         assert c["status"] == "skipped" and c["reason"] or all(math.isfinite(v["mean"])
                                                                for v in c["columns"].values())
     assert (out / "suite.md").is_file() and (out / "suite.png").is_file()
+
+
+def test_within_pair_by_hand():
+    """The within-pair figure of hand-made confusion matrices (rows = true class): pair (0, 1) with
+    rows [3, 1, ...] and [2, 2, ...] gives (3 + 2) / (3 + 1 + 2 + 2); videos predicted outside their
+    pair (columns 2, 3) do not count."""
+    conf = [[3, 1, 5, 0], [2, 2, 0, 7], [0, 0, 9, 9], [0, 0, 9, 9]]
+    assert S.within_pair(conf, [[0, 1]]) == (pytest.approx(5 / 8), 8)
+    # two pairs pooled; pair (2, 3) listed both ways counts once; right/wrong not swapped
+    conf = [[3, 1, 0, 0], [2, 2, 0, 0], [1, 0, 0, 3], [0, 1, 1, 1]]
+    assert S.within_pair(conf, [[0, 1], [3, 2], [2, 3]]) == (pytest.approx(6 / 13), 13)
+    assert S.within_pair([[0, 0, 1], [0, 0, 1], [0, 0, 1]], [[0, 1]]) == (None, 0)
+    # pooled over a pair's two rows, the figure is the same for the transposed matrix (so a rows/columns
+    # swap cannot change it, and no test can catch one): C[a,a] + C[b,b] over C[a,a] + C[a,b] + C[b,a] + C[b,b]
+    assert S.within_pair([list(r) for r in zip(*conf)], [[0, 1], [2, 3]]) == S.within_pair(conf, [[0, 1], [2, 3]])
+
+
+def test_within_pair_columns_rendered_from_finished_cells(tmp_path):
+    """A fully-supervised cell finished without the column (as saved by an earlier vclip) gets
+    ``K400 1x1 within pair`` in suite.json and suite.md from its run folder's confusion matrix and
+    the world manifest's order pairs; its cell file is not rewritten (its key is unchanged)."""
+    classes = ["red circle moving right", "red circle moving left", "blue square growing", "blue square shrinking"]
+    world = tmp_path / "world"
+    world.mkdir()
+    (world / "manifest.json").write_text(json.dumps({"datasets": {"k400": {"classes": classes,
+                                                                           "order_pairs": [[0, 1], [2, 3]]}}}))
+    out = tmp_path / "suite"
+    ev = out / "runs" / "xclip__fully_supervised" / "sup_k400_1x1"
+    ev.mkdir(parents=True)
+    conf = [[3, 1, 0, 0], [2, 2, 0, 0], [1, 0, 0, 3], [0, 1, 1, 1]]
+    (ev / "results_eval.json").write_text(json.dumps({"confusion": conf, "per_class": {c: {} for c in classes}}))
+    cfg = small_config(tmp_path, protocols=small_protocols())
+    suite = S.Suite(out=out, config_file=cfg, methods=["xclip"], protocols=["fully-supervised"], progress=False)
+    suite.world, suite.pretrained, suite.world_info, suite.pretrain_info = world, tmp_path / "none.pt", {"seed": 0}, {}
+    top1 = {"mean": 0.25, "std": 0.0, "n": 1, "values": [0.25], "chance": 0.25}
+    cell = {"cell": "xclip__fully_supervised", "row": "xclip", "label": "xclip", "method": "xclip",
+            "protocol": "fully_supervised", "status": "done", "key": "k", "columns": {"K400 1x1 top-1": top1},
+            "summary": {"k400": {"1x1": {"top1": 0.25}}}, "command": "vclip run fully-supervised", "date": "d"}
+    saved = json.dumps(cell)
+    (out / "cells").mkdir()
+    (out / "cells" / "xclip__fully_supervised.json").write_text(saved)
+    data = suite.report({"xclip__fully_supervised": suite.load_cell(S.Cell(suite.rows[1], "fully_supervised"))})
+    col = data["cells"]["xclip__fully_supervised"]["columns"]["K400 1x1 within pair"]
+    assert col["mean"] == pytest.approx(6 / 13) and col["videos"] == 13 and col["chance"] == 0.5
+    assert [f["column"] for f in data["figures"]] == ["K400 1x1 top-1", "K400 1x1 within pair"]
+    md = (out / "suite.md").read_text()
+    assert "| xclip | 25.0 | 46.2 (13 videos) |" in md and "| *chance* | 25.0 | 50.0 |" in md
+    assert (out / "cells" / "xclip__fully_supervised.json").read_text() == saved
+    # a world without order pairs (or a confusion over other classes): no column, no error
+    (world / "manifest.json").write_text(json.dumps({"datasets": {"k400": {"classes": classes[:3],
+                                                                           "order_pairs": [[0, 1]]}}}))
+    data = suite.report({"xclip__fully_supervised": json.loads(saved)})
+    assert list(data["cells"]["xclip__fully_supervised"]["columns"]) == ["K400 1x1 top-1"]

@@ -205,6 +205,57 @@ def headline(protocol: str, columns: dict[str, dict]) -> tuple[str, float | None
     raise ConfigError(f"unknown protocol {protocol!r}")
 
 
+def within_pair(confusion: Sequence[Sequence[int]], pairs: Sequence[Sequence[int]]) -> tuple[float | None, int]:
+    """Order-pair accuracy of a confusion matrix (rows = true class, columns = predicted): over the
+    videos of a pair's classes predicted as one of the pair's two classes, the fraction predicted as
+    their own class,
+
+        sum_{(a,b)} (C[a,a] + C[b,b]) / sum_{(a,b)} (C[a,a] + C[a,b] + C[b,b] + C[b,a]),
+
+    and that denominator (the videos it is computed on). A model blind to frame order cannot tell a
+    clip from its reversal: 0.5 expected. ``(None, 0)`` where no video falls within its pair."""
+    right = within = 0
+    for a, b in {tuple(sorted((int(x), int(y)))) for x, y in pairs}:
+        right += confusion[a][a] + confusion[b][b]
+        within += confusion[a][a] + confusion[a][b] + confusion[b][b] + confusion[b][a]
+    return (right / within if within else None), int(within)
+
+
+def pair_columns(cell: dict, run_dir: Path, world: Path) -> dict[str, dict]:
+    """The ``<set> <view> within pair`` columns of a finished fully-supervised cell, computed from
+    its evaluations' confusion matrices (``run_dir/sup_<set>_<view>/results_eval.json``) and the
+    world manifest's ``order_pairs`` of the set; ``{}`` where either is missing (a world without
+    order pairs, a confusion matrix over other classes) or no video falls within its pair. Computed
+    when the tables are written, so cells finished before this column existed get it too."""
+    if cell.get("protocol") != "fully_supervised" or cell.get("status") != "done":
+        return {}
+    try:
+        sets = json.loads((Path(world) / "manifest.json").read_text()).get("datasets") or {}
+    except (OSError, ValueError):
+        return {}
+    out: dict[str, dict] = {}
+    for ds, views in (cell.get("summary") or {}).items():
+        info = sets.get(ds) or {}
+        if not info.get("order_pairs"):
+            continue
+        for view in views:
+            try:
+                ev = json.loads((Path(run_dir) / f"sup_{ds}_{view}" / "results_eval.json").read_text())
+            except (OSError, ValueError):
+                continue
+            conf = ev.get("confusion")
+            if not conf or list(ev.get("per_class") or info["classes"]) != list(info["classes"]) \
+                    or len(conf) != len(info["classes"]):
+                log.warning("%s: no confusion matrix over the manifest's %s classes; no within-pair figure",
+                            cell.get("cell"), ds)
+                continue
+            acc, n = within_pair(conf, info["order_pairs"])
+            if acc is not None:
+                out[f"{aggregate.DISPLAY.get(ds, ds)} {view} within pair"] = {
+                    "mean": acc, "std": 0.0, "n": 1, "values": [acc], "chance": 0.5, "videos": n}
+    return out
+
+
 # ------------------------------------------------------------------------------ machine
 def machine() -> dict:
     import torch
@@ -534,6 +585,13 @@ class Suite:
 
     # ----------------------------------------------------------------------------- report
     def report(self, cells: dict[str, dict]) -> dict:
+        # the within-pair columns, from the cells' run folders (never stored in the cell files, so
+        # cells finished earlier get them on a rerun and their keys are unchanged)
+        cells = dict(cells)
+        for n, c in cells.items():
+            extra = pair_columns(c, self.out / "runs" / n, self.world)
+            if extra:
+                cells[n] = {**c, "columns": {**(c.get("columns") or {}), **extra}}
         figures = []
         for name, c in cells.items():
             for col, v in (c.get("columns") or {}).items():
@@ -659,6 +717,10 @@ def markdown(suite: Suite, cells: dict[str, dict]) -> str:
              "Top-1 accuracy in % (mean ± std over the protocol's splits, K600 draws or seeds; population std). "
              "`chance` is a uniform guess over the test set's classes. Every figure's `vclip run` command is "
              "in suite.json.", ""]
+    if any(col.endswith("within pair") for c in cells.values() for col in c.get("columns") or {}):
+        lines += ["`within pair`: of the test videos of the order-pair classes (one class's clip played "
+                  "backwards is the other's) predicted as one of their pair, the % predicted as their own class "
+                  "(on that many videos); 50 for a model blind to frame order.", ""]
     notes: list[str] = []
 
     def cell_text(row: Row, p: str, col: str | None) -> str:
@@ -667,7 +729,8 @@ def markdown(suite: Suite, cells: dict[str, dict]) -> str:
             return "–"
         if c["status"] != "done":
             return c["status"]
-        return _fmt((c.get("columns") or {}).get(col)) if col else "–"
+        v = (c.get("columns") or {}).get(col) if col else None
+        return _fmt(v) + (f" ({v['videos']} videos)" if v and "videos" in v else "")
 
     # overview
     heads = []
@@ -755,7 +818,7 @@ def plot(suite: Suite, cells: dict[str, dict], path: Path) -> None:
         chance: dict[str, float | None] = {}
         for r in rows:
             for col, v in ((cells.get(f"{r.name}__{p}") or {}).get("columns") or {}).items():
-                if col not in cols and not col.endswith("top-5"):
+                if col not in cols and not col.endswith(("top-5", "within pair")):
                     cols.append(col)
                     chance[col] = v.get("chance")
         width = 0.8 / max(1, len(rows))
