@@ -279,25 +279,7 @@ def bench_inference(cfg: BenchConfig, ceiling: dict | None = None, flops: dict |
     """Views/s of the video path (see the module docstring) and the peak memory of the timed runs."""
     cfg.validate()
     device, dtype = cfg.resolved_device(), cfg.resolved_dtype()
-    method = build_method(cfg, device).eval()
-    in_dtype = torch.float32
-    if cfg.precision == "cast":
-        method = method.to(DTYPES[dtype])
-        in_dtype = DTYPES[dtype]
-    video, _ = _inputs(cfg, method, device, in_dtype)
-    vocab = vocabulary(cfg.classes)
-    with torch.no_grad(), autocast_ctx(device, dtype, cfg.precision):
-        feats = method.class_features(vocab)
-    fwd = maybe_compile(video_path(method), cfg)
-
-    def step():
-        with torch.no_grad(), autocast_ctx(device, dtype, cfg.precision):
-            return fwd(video, feats)
-
-    with torch.no_grad(), autocast_ctx(device, dtype, cfg.precision):
-        logits = fwd(video, feats)
-    if not torch.isfinite(logits.float()).all():
-        raise RuntimeError("inference produced non-finite logits")
+    method, step, _ = _inference_step(cfg)  # its first call checks the logits are finite
     meter = MemoryMeter(device).start()
     timing = measure(step, device, warmup=cfg.resolved_warmup(), repeats=cfg.repeats, iters=cfg.iters)
     memory = meter.stop()
