@@ -106,3 +106,34 @@ def test_cli_rejects_a_folder_that_is_no_world(tmp_path, capsys):
     rc = main(["pretrain", "--world", str(tmp_path), "--out", str(tmp_path / "x.pt"), "--steps", "1"])
     assert rc != 0
     assert "not a generated world" in capsys.readouterr().err
+
+
+def test_caption_targets_make_repeated_captions_positives():
+    t = P.caption_targets(torch.tensor([3, 1, 3, 2]))
+    want = torch.tensor([[.5, 0, .5, 0], [0, 1, 0, 0], [.5, 0, .5, 0], [0, 0, 0, 1]])
+    assert torch.equal(t, want)
+    assert torch.equal(P.caption_targets(torch.arange(5)), torch.eye(5))  # distinct captions: CLIP's targets
+
+
+def test_hard_batches_share_colour_size_and_texture():
+    import numpy as np
+
+    def e(c, s, z, x, n=1):
+        o = {"colour": c, "shape": s, "size": z, "texture": x, "position": "top"}
+        return {"objects": [o] * n}
+
+    entries = [e("red", "circle", "small", "plain"), e("red", "star", "small", "plain"),
+               e("red", "star", "large", "plain"), e("blue", "star", "small", "plain"),
+               e("red", "square", "small", "plain"), e("red", "star", "small", "plain", n=2)]
+    groups = P.hard_groups(entries)
+    # (red, small, plain): frames 0, 1, 4 (frame 5 has two objects; the other keys have one frame)
+    assert [g.tolist() for g in groups] == [[0, 1, 4]]
+    g = np.random.default_rng(0)
+    picks = [P.batch_indices(g, len(entries), 2, 1.0, groups) for _ in range(20)]
+    assert all(len(p) == 2 and set(p.tolist()) <= {0, 1, 4} for p in picks)
+    # hard_batches 0: uniform over all frames, the full batch
+    picks = [P.batch_indices(g, len(entries), 4, 0.0, groups) for _ in range(50)]
+    assert all(len(set(p.tolist())) == 4 for p in picks) and set(np.concatenate(picks).tolist()) == set(range(6))
+    # the fraction of hard steps follows hard_batches
+    hard = sum(set(P.batch_indices(g, len(entries), 3, 0.3, groups).tolist()) == {0, 1, 4} for _ in range(2000))
+    assert 0.25 < hard / 2000 < 0.36  # 3 of 6 uniform frames equal {0, 1, 4} with probability 1/20 only

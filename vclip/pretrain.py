@@ -8,7 +8,13 @@ at log 100),
     s_ij = v_i · t_j / τ,
     L = ½ [ CE(s_i·, i) + CE(s_·j, j) ]          (symmetric InfoNCE over the batch)
 
-with AdamW (β = 0.9, 0.98, ε = 1e-6, weight decay 0.1 on matrices only), a linear warm-up over the
+where a caption that occurs twice in a batch makes both pairs positives (the target of row i is
+uniform over the frames whose caption equals caption i, so a repeated caption is never pushed away
+from its own frame). A fraction ``hard_batches`` of the steps draws its batch from single-object
+frames that share colour, size and texture: there only shape and position tell the captions apart,
+so the loss cannot be lowered by the easy, pixel-wise attributes alone (in random batches almost
+every pair differs in colour, and shape is left unlearned). With AdamW (β = 0.9, 0.98, ε = 1e-6,
+weight decay 0.1 on matrices only), a linear warm-up over the
 first 10 % of the steps and a cosine decay to 0. No augmentation: a flip would change the position
 words. Frames are normalised as vclip's video pipeline does by default (``data.normalize:
 imagenet``) and resized to the architecture's input size when the world's differs.
@@ -51,6 +57,7 @@ DEFAULT_ARCH = "world-s"
 DEFAULT_STEPS = 400
 DEFAULT_BATCH = 64
 DEFAULT_LR = 5e-4
+DEFAULT_HARD_BATCHES = 0.0
 ATTRIBUTES = ("colour_shape", "colour", "shape", "size", "texture", "position")
 
 
@@ -144,6 +151,35 @@ def _optimizer(model, lr: float):
                              lr=lr, betas=(0.9, 0.98), eps=1e-6)
 
 
+def caption_targets(caption_ids: torch.Tensor) -> torch.Tensor:
+    """The contrastive targets of a batch: row i uniform over the pairs whose caption equals caption
+    i (the identity when every caption differs)."""
+    same = (caption_ids[:, None] == caption_ids[None, :]).float()
+    return same / same.sum(1, keepdim=True)
+
+
+def hard_groups(entries: list[dict]) -> list[np.ndarray]:
+    """Positions (in ``entries``) of the single-object frames, grouped by (colour, size, texture):
+    the pools of the hard batches. Groups of fewer than 2 frames are dropped."""
+    groups: dict[tuple, list[int]] = {}
+    for i, e in enumerate(entries):
+        if len(e["objects"]) == 1:
+            o = e["objects"][0]
+            groups.setdefault((o["colour"], o["size"], o["texture"]), []).append(i)
+    return [np.array(v) for _, v in sorted(groups.items()) if len(v) >= 2]
+
+
+def batch_indices(g: np.random.Generator, n: int, batch: int, hard_batches: float,
+                  groups: list[np.ndarray]) -> np.ndarray:
+    """The training positions of one step: with probability ``hard_batches`` (and when there are
+    groups) up to ``batch`` frames of one (colour, size, texture) group, else ``batch`` frames drawn
+    uniformly without replacement."""
+    if groups and g.random() < hard_batches:
+        pool = groups[int(g.integers(len(groups)))]
+        return g.choice(pool, size=min(batch, len(pool)), replace=False)
+    return g.choice(n, size=batch, replace=False)
+
+
 def save_openai(model, path) -> Path:
     """``model``'s weights in OpenAI's layout (text tower at the top level), atomically."""
     from vclip.backbone.convert import vclip_to_openai
@@ -157,7 +193,7 @@ def save_openai(model, path) -> Path:
 
 def pretrain(world_dir, out_file, *, arch: str = DEFAULT_ARCH, steps: int = DEFAULT_STEPS, batch: int = DEFAULT_BATCH,
              lr: float = DEFAULT_LR, seed: int = 0, progress: bool = False, save_every: int = 100,
-             eval_init: bool = True) -> dict:
+             eval_init: bool = True, hard_batches: float = DEFAULT_HARD_BATCHES) -> dict:
     """Train a CLIP of ``arch`` on the world's train frames and static captions; write ``out_file``
     (OpenAI layout) and ``out_file.json`` (metrics); return the metrics: ``zero_shot`` (per
     attribute accuracy), ``chance``, ``init_zero_shot`` (the same at random initialisation, when
@@ -174,19 +210,24 @@ def pretrain(world_dir, out_file, *, arch: str = DEFAULT_ARCH, steps: int = DEFA
     frames, entries = load_frames(world_dir)
     train_idx = np.array([i for i, e in enumerate(entries) if e["split"] == "train"])
     test_idx = [i for i, e in enumerate(entries) if e["split"] == "test"]
+    if not 0.0 <= hard_batches <= 1.0:
+        raise ConfigError(f"pretrain: hard_batches must be in [0, 1], got {hard_batches}")
     if len(train_idx) < batch:
         raise ConfigError(f"{world_dir}: {len(train_idx)} training frames, fewer than the batch ({batch})")
     size = cfg.vision.image_size
     train_pix = to_pixels(frames[train_idx], size)
     test_pix = to_pixels(frames[test_idx], size)
     test_entries = [entries[i] for i in test_idx]
-    tokens = tokenize([entries[i]["caption"] for i in train_idx], context_length=cfg.text.context_length)
+    captions = [entries[i]["caption"] for i in train_idx]
+    tokens = tokenize(captions, context_length=cfg.text.context_length)
+    caption_ids = torch.tensor([{c: k for k, c in enumerate(sorted(set(captions)))}[c] for c in captions])
+    groups = hard_groups([entries[i] for i in train_idx])
 
     torch.manual_seed(seed)
     model = CLIP(cfg)
     opt = _optimizer(model, lr)
     args = {"world": str(Path(world_dir).resolve()), "arch": arch, "steps": steps, "batch": batch, "lr": lr,
-            "seed": seed}
+            "seed": seed, **({"hard_batches": hard_batches} if hard_batches else {})}
     state_file = out_file.with_name(out_file.name + ".state.pt")
     start, losses, init_zs, spent = 0, [], None, 0.0
     if state_file.exists():
@@ -210,13 +251,13 @@ def pretrain(world_dir, out_file, *, arch: str = DEFAULT_ARCH, steps: int = DEFA
     n = len(train_idx)
     for step in range(start, steps):
         g = np.random.default_rng([seed, step])  # the batch of a step depends on (seed, step) only: resumable
-        pick = torch.from_numpy(g.choice(n, size=batch, replace=False))
+        pick = torch.from_numpy(batch_indices(g, n, batch, hard_batches, groups))
         for group in opt.param_groups:
             group["lr"] = _lr(step, steps, lr)
         img = model.encode_image(train_pix[pick], normalize=True)
         txt = model.encode_text(tokens[pick], normalize=True)
         logits = model.logit_scale.clamp(max=math.log(100)).exp() * img @ txt.T
-        target = torch.arange(batch)
+        target = caption_targets(caption_ids[pick])  # symmetric: the same targets for both directions
         loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
         if not torch.isfinite(loss):
             raise ConfigError(f"pretrain: non-finite loss at step {step} (lower --lr?)")
@@ -239,7 +280,7 @@ def pretrain(world_dir, out_file, *, arch: str = DEFAULT_ARCH, steps: int = DEFA
     save_openai(model, out_file)
     metrics = {
         "file": str(out_file), "layout": "openai", "arch": arch, "world": args["world"], "steps": steps,
-        "batch": batch, "lr": lr, "seed": seed, "train_frames": int(n), "test_frames": zs["frames"],
+        "batch": batch, "lr": lr, "seed": seed, "hard_batches": hard_batches, "train_frames": int(n), "test_frames": zs["frames"],
         "loss_first": float(np.mean(losses[:10])) if losses else None,
         "loss": float(np.mean(losses[-50:])) if losses else None, "seconds": round(seconds, 1),
         "threads": torch.get_num_threads(), "zero_shot": zs["accuracy"], "chance": zs["chance"],
@@ -263,7 +304,7 @@ def _cmd(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     m = pretrain(args.world, args.out, arch=args.arch, steps=args.steps, batch=args.batch, lr=args.lr,
-                 seed=args.seed, progress=not args.quiet)
+                 seed=args.seed, progress=not args.quiet, hard_batches=args.hard_batches)
     print(format_metrics(m))
     print(f"wrote {m['file']} (OpenAI layout; model.pretrained={m['file']}) and {m['file']}.json in "
           f"{m['seconds']:.0f} s; final loss {m['loss']:.3f}")
@@ -281,6 +322,8 @@ def register(subparsers) -> None:
     p.add_argument("--batch", type=int, default=DEFAULT_BATCH)
     p.add_argument("--lr", type=float, default=DEFAULT_LR)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hard-batches", type=float, default=DEFAULT_HARD_BATCHES, metavar="F",
+                   help="fraction of steps whose batch shares colour, size and texture (default %(default)s)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd)

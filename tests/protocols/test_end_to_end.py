@@ -6,6 +6,8 @@ from pathlib import Path
 
 import json
 
+import yaml
+
 import pytest
 import torch
 
@@ -72,6 +74,9 @@ def test_few_shot_with_camelcase_and_resume(tmp_path, synth_protocol_data, tiny_
     assert norm["normalisation"] == ["camelcase"] and norm["changed"] == 6
     assert read_label_csv(norm["file"])[0] == "Circle Moving Right"
     assert calls["train"] == 4  # 2 datasets x 2 shot counts x 1 seed
+    base_seed = yaml.safe_load(Path(tiny_config).read_text()).get("train", {}).get("seed", 1024)
+    sub_cfg = yaml.safe_load((tmp_path / "fs" / "fs_hmdb51_k2_s1" / "config.yaml").read_text())
+    assert sub_cfg["train"]["seed"] == base_seed + 1  # the seed's training seed: train.seed + 1
     # rerun: every sub-run is skipped (no training nor evaluation starts, no file of a sub-run is
     # rewritten) and the results are the same
     first = dict(calls)
@@ -153,6 +158,11 @@ def test_base_to_novel_and_report_cli(tmp_path, synth_protocol_data, tiny_config
         assert v["hm"] == pytest.approx(0 if b + n == 0 else 2 * b * n / (b + n))
         assert run.sub_runs[f"b2n_{ds}_s1_base"]["num_classes"] == 3
         assert run.sub_runs[f"b2n_{ds}_s1_novel"]["num_classes"] == 3
+    # each seed trains with train.seed + seed (the tiny config's train.seed, then 1 and 2 added)
+    base_seed = yaml.safe_load(Path(tiny_config).read_text()).get("train", {}).get("seed", 1024)
+    for s in (1, 2):
+        sub_cfg = yaml.safe_load((tmp_path / "b2n" / f"b2n_hmdb51_s{s}" / "config.yaml").read_text())
+        assert sub_cfg["train"]["seed"] == base_seed + s
     split = tmp_path / "b2n" / "splits" / "hmdb51" / "base_novel"
     assert len((split / "fs_base_s1_train.txt").read_text().splitlines()) == 6  # 2 shots x 3 base classes
     assert {int(ln.split()[1]) for ln in (split / "novel_val.txt").read_text().splitlines()} == {0, 1, 2}

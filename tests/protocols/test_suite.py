@@ -402,3 +402,87 @@ def test_within_pair_columns_rendered_from_finished_cells(tmp_path):
                                                                            "order_pairs": [[0, 1]]}}}))
     data = suite.report({"xclip__fully_supervised": json.loads(saved)})
     assert list(data["cells"]["xclip__fully_supervised"]["columns"]) == ["K400 1x1 top-1"]
+
+
+def test_frame_cache_gives_the_figures_of_decoding(tmp_path, world, pretrained):
+    """By default the suite reads the world's videos from a frame cache it builds once under
+    OUT/cache (a spec whose roots are the cache folders, data.backend: cache); the figures equal those
+    of decoding every clip with `cache: false`, and a second suite folder's cache is not rebuilt by a
+    rerun."""
+    import numpy as np
+
+    cached = small_config(tmp_path, protocols=small_protocols())
+    decoded = tmp_path / "decoded.yaml"
+    decoded.write_text(yaml.safe_dump({**yaml.safe_load(cached.read_text()), "cache": False}))
+    results = {}
+    for name, cfg in (("cached", cached), ("decoded", decoded)):
+        out = tmp_path / name
+        assert main(suite_args(out, world, pretrained, cfg, "--methods", "xclip",
+                               "--protocols", "fully-supervised")) == 0
+        results[name] = json.loads((out / "suite.json").read_text())
+    spec = yaml.safe_load((tmp_path / "cached" / "cache" / "spec.yaml").read_text())
+    roots = {d["root"] for d in spec["datasets"].values()}
+    assert roots and all(Path(r).parent == tmp_path / "cached" / "cache" for r in roots)
+    shards = list((tmp_path / "cached" / "cache").rglob("*.npy"))
+    assert shards and np.load(shards[0]).dtype == np.uint8
+    assert yaml.safe_load((tmp_path / "cached" / "configs" / "xclip.yaml").read_text())["data"]["backend"] == "cache"
+    assert "backend" not in yaml.safe_load((tmp_path / "decoded" / "configs" / "xclip.yaml").read_text())["data"]
+    assert not (tmp_path / "decoded" / "cache").exists()
+    a = {(f["row"], f["column"]): f["mean"] for f in results["cached"]["figures"]}
+    b = {(f["row"], f["column"]): f["mean"] for f in results["decoded"]["figures"]}
+    assert a == b and len(a) >= 4
+    # the cache's trained model is the decoded one's: same frames, same steps
+    from vclip.engine.checkpoint import load_model_checkpoint
+
+    wa, wb = (load_model_checkpoint(results[n]["cells"]["xclip__fully_supervised"]["trained_checkpoint"])[0]
+              for n in ("cached", "decoded"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_token_merging_evaluation(tmp_path, world, pretrained, monkeypatch):
+    """`token_merging: {r: R}`: every fully-supervised model is evaluated again with ToMe r = R and
+    timed against the same evaluation without; ALT (which merges by itself) is left out. r = 1 on
+    the tiny CLIP changes the tokens, so the image tower's GFLOPs fall; r = 0 reproduces the cell."""
+    from vclip.methods.base import VideoMethod
+
+    specs = []
+    real = VideoMethod.set_token_merging
+
+    def recorded(self, spec):
+        specs.append((type(self).__name__, dict(spec or {}), next(self.parameters()).device.type))
+        return real(self, spec)
+
+    monkeypatch.setattr(VideoMethod, "set_token_merging", recorded)
+    cfg = small_config(tmp_path, protocols=small_protocols(), token_merging={"r": 1})
+    out = tmp_path / "suite"
+    assert main(suite_args(out, world, pretrained, cfg, "--methods", "xclip,alt",
+                           "--protocols", "fully-supervised")) == 0
+    data = json.loads((out / "suite.json").read_text())
+    x = data["cells"]["xclip__fully_supervised"]
+    tm = x["token_merging"]
+    assert tm["r"] == 1 and tm["dataset"] == "k400" and tm["r0"]["seconds"] > 0 and tm["r1"]["seconds"] > 0
+    assert tm["speedup"] == pytest.approx(tm["r0"]["seconds"] / tm["r1"]["seconds"])
+    # r = 0 is the cell's own evaluation; the ToMe column is r = 1's, with the plain column's chance
+    assert tm["r0"]["summary"]["1x1"]["top1"] == x["columns"]["K400 1x1 top-1"]["mean"]
+    col = x["columns"]["K400 1x1 top-1 ToMe r=1"]
+    assert col["mean"] == tm["r1"]["summary"]["1x1"]["top1"] and col["chance"] == pytest.approx(1 / 8)
+    g = tm["image_tower_gflops"]
+    assert 0 < g["r1"] < g["r0"]
+    # the merged evaluations really ran with r = 1: one model of the baseline row and one X-CLIP
+    # built with it; never ALT
+    # built with it (the FLOPs count builds its models on the meta device); never ALT
+    merged = [name for name, spec, device in specs if spec == {"r": 1} and device == "cpu"]
+    assert sorted(merged) == ["CLIPMean", "XCLIP"], specs
+    assert data["cells"]["alt__fully_supervised"]["token_merging"]["skipped"]
+    assert "K400 1x1 top-1 ToMe r=1" not in data["cells"]["alt__fully_supervised"]["columns"]
+    md = (out / "suite.md").read_text()
+    assert "## Token merging (ToMe r = 1, off the shelf)" in md
+    row = next(ln for ln in md.splitlines() if ln.startswith("| xclip |") and "×" in ln)
+    assert f"{tm['speedup']:.2f}×" in row
+    # a rerun keeps the cell (nothing recomputed); a bad token_merging is refused naming the key
+    assert main(suite_args(out, world, pretrained, cfg, "--methods", "xclip,alt",
+                           "--protocols", "fully-supervised")) == 0
+    assert json.loads((out / "suite.json").read_text())["cells"]["xclip__fully_supervised"]["token_merging"] == tm
+    bad = small_config(tmp_path, token_merging={"r": 0})
+    with pytest.raises(Exception, match="token_merging"):
+        S.load_suite_config(bad)

@@ -239,14 +239,22 @@ class ProtocolRun:
         load_checkpoint(self.init_checkpoint)  # a bad path or a corrupted file fails before training
         return str(Path(self.init_checkpoint).resolve())
 
-    def train_sub(self, name: str, data: dict, val: Path | None = None) -> str:
-        """Train sub-run ``name`` (or reuse it); the checkpoint to evaluate."""
+    def train_sub(self, name: str, data: dict, val: Path | None = None, seed: int | None = None) -> str:
+        """Train sub-run ``name`` (or reuse it); the checkpoint to evaluate. ``seed``: the split
+        seed of a few-shot or base-to-novel sub-run, added to ``train.seed`` so that each seed's
+        run differs in its initialisation and data order too, not only in its split (as
+        ViFi-CLIP's scripts pass one seed to both)."""
         done = self._done(name)
         if done is None:
             from vclip.engine.trainer import train
 
             over = {"name": name, "output_dir": str(self.run_dir),
                     "data": dict(data, val_list=str(val) if (val and self.monitor) else None)}
+            if seed is not None:
+                from vclip.config import TrainConfig
+
+                base_seed = (self.base.get("train") or {}).get("seed")
+                over["train"] = {"seed": int(TrainConfig.seed if base_seed is None else base_seed) + int(seed)}
             init = self.init_weights()
             if init:
                 over["model"] = {"init_checkpoint": init}
@@ -280,7 +288,8 @@ class ProtocolRun:
         return self._write_sub(name, {"kind": "eval", "checkpoint": checkpoint, **(info or {}), **_compact(res),
                                       "labels": data["labels"], "annotation": data["val_list"]})
 
-    def model_checkpoint(self, train_name: str, train_data: dict, val: Path | None = None) -> str | None:
+    def model_checkpoint(self, train_name: str, train_data: dict, val: Path | None = None,
+                         seed: int | None = None) -> str | None:
         """The weights to evaluate: ``--checkpoint``, none (``--eval-only``: ``model.pretrained``),
         or the training sub-run's (``val``: the test list evaluated during training with ``--monitor``,
         which is also what ``--checkpoint-tag best`` selects on)."""
@@ -288,7 +297,7 @@ class ProtocolRun:
             return self.checkpoint
         if self.eval_only:
             return None
-        return self.train_sub(train_name, train_data, val)
+        return self.train_sub(train_name, train_data, val, seed=seed)
 
     # ---------------------------------------------------------------------------- results
     def finish(self, protocol: str, summary: dict, **extra) -> dict:
@@ -361,7 +370,7 @@ def run_few_shot(run: ProtocolRun, datasets: Sequence[str] = ("hmdb51", "ucf101"
                 split, origin = _few_shot_file(run, ds, k, seed)
                 run.split_files[f"{name}_k{k}_s{seed}"] = {"train": str(split), "origin": origin, "test": str(test)}
                 sub = f"fs_{name}_k{k}_s{seed}"
-                ckpt = run.model_checkpoint(sub, run.data_over(ds, labels, split), test)
+                ckpt = run.model_checkpoint(sub, run.data_over(ds, labels, split), test, seed=seed)
                 r = run.eval_sub(f"{sub}_eval", run.data_over(ds, labels, val=test), ckpt, views,
                                  {"dataset": name, "shots": k, "seed": seed, "split_origin": origin})
                 per[name][k][seed] = r["top1"]
@@ -464,7 +473,7 @@ def run_base_to_novel(run: ProtocolRun, datasets: Sequence[str] = ("k400", "hmdb
         for seed in seeds:
             sub = f"b2n_{name}_s{seed}"
             ckpt = run.model_checkpoint(sub, run.data_over(ds, base_labels, files["train"][seed]),
-                                        files["base_val"])
+                                        files["base_val"], seed=seed)
             info = {"dataset": name, "seed": seed, "split_origin": origin}
             b = run.eval_sub(f"{sub}_base", run.data_over(ds, base_labels, val=files["base_val"]), ckpt, views,
                              dict(info, classes="base"))

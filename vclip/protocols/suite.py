@@ -63,7 +63,7 @@ ORDER = ("fully_supervised", "zero_shot", "few_shot", "base_to_novel")
 TITLES = {"fully_supervised": "Fully-supervised", "zero_shot": "Zero-shot", "few_shot": "Few-shot",
           "base_to_novel": "Base-to-novel"}
 #: the keys a suite config may hold
-CONFIG_KEYS = {"world", "pretrain", "arch", "run", "methods", "protocols"}
+CONFIG_KEYS = {"world", "pretrain", "arch", "cache", "token_merging", "run", "methods", "protocols"}
 PROTOCOL_KEYS = {
     "fully_supervised": {"dataset", "views", "overrides"},
     "zero_shot": {"train_dataset", "datasets", "k600_seeds", "k600_classes", "overrides"},
@@ -107,6 +107,11 @@ def load_suite_config(path) -> dict:
         if extra:
             raise ConfigError(f"suite config {path}: protocols.{name}.{extra[0]}: unknown option "
                               f"(known: {', '.join(sorted(PROTOCOL_KEYS[name]))})")
+    tm = cfg.get("token_merging")
+    if tm is not None and not (isinstance(tm, dict) and set(tm) == {"r"} and isinstance(tm["r"], int)
+                               and not isinstance(tm["r"], bool) and tm["r"] >= 1):
+        raise ConfigError(f"suite config {path}: token_merging: expected {{r: N}} with an integer N >= 1 "
+                          f"(tokens merged per image-tower block), got {tm!r}")
     for name, over in (cfg.get("methods") or {}).items():
         if not isinstance(over, list) or not all(isinstance(o, str) and "=" in o for o in over):
             raise ConfigError(f"suite config {path}: methods.{name}: expected a list of KEY=VALUE overrides")
@@ -179,6 +184,20 @@ def chance_columns(protocol: str, result: dict) -> dict[str, dict]:
             out[f"{name(ds, ds)} HM"] = stat(list(v["hm_per_seed"].values()), hm_c, mean=v["hm"])
     else:
         raise ConfigError(f"unknown protocol {protocol!r}")
+    return out
+
+
+def token_merging_columns(tm: dict, columns: dict[str, dict]) -> dict[str, dict]:
+    """The ``<set> <view> top-1 ToMe r=R`` columns of a fully-supervised cell's token-merging
+    evaluation (:meth:`Suite.token_merging_eval`), with the chance of the plain top-1 column."""
+    out: dict[str, dict] = {}
+    if tm.get("skipped"):
+        return out
+    r, ds = tm["r"], tm["dataset"]
+    for view, m in (tm.get(f"r{r}") or {}).get("summary", {}).items():
+        plain = columns.get(f"{aggregate.DISPLAY.get(ds, ds)} {view} top-1") or {}
+        out[f"{aggregate.DISPLAY.get(ds, ds)} {view} top-1 ToMe r={r}"] = {
+            "mean": m["top1"], "std": 0.0, "n": 1, "values": [m["top1"]], "chance": plain.get("chance")}
     return out
 
 
@@ -346,6 +365,9 @@ class Suite:
         self.spec = self.world / "spec.yaml"
         if not self.spec.is_file():
             raise ConfigError(f"--world {self.world}: no spec.yaml (a world made by `vclip data world`?)")
+        self.world_spec = self.spec
+        if self.cfg.get("cache", True):
+            self.spec = self.frame_cache()
         if self.pretrained is None:
             self.pretrained = self.out / "pretrained" / "clip.pt"
             if not self.pretrained.is_file():
@@ -357,6 +379,70 @@ class Suite:
         if not self.pretrained.exists():
             raise ConfigError(f"--pretrained {self.pretrained}: no such file")
         self.base_config = self._base_config()
+
+    def frame_cache(self) -> Path:
+        """``OUT/cache``: the frame cache of the world's videos (``vclip data prepare --cache`` at
+        their own size: the frames PyAV decodes, read without decoding), one folder per distinct
+        dataset ``root`` of the world's spec, built once and reused by later runs, and
+        ``OUT/cache/spec.yaml``: the world's spec with every ``root`` moved to its cache (the
+        annotation files stay the world's). Returns that spec."""
+        from vclip.data.prepare import PrepareOptions, prepare
+
+        cache = (self.out / "cache").resolve()
+        try:
+            raw = yaml.safe_load(self.world_spec.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{self.world_spec}: not valid YAML ({' '.join(str(e).split())})") from None
+        base = self.world_spec.parent
+
+        def absolute(v):
+            return v if not isinstance(v, str) or os.path.isabs(os.path.expanduser(v)) else str(base / v)
+
+        def paths_absolute(ds: dict) -> dict:
+            """The spec's file entries (vclip.protocols.runner reads these) made absolute: the
+            new spec lives in another folder."""
+            ds = dict(ds)
+            for k in ("root", "labels", "train", "val", "test", "few_shot"):
+                if k in ds:
+                    ds[k] = absolute(ds[k])
+            if isinstance(ds.get("splits"), dict):
+                ds["splits"] = {n: {k: absolute(v) for k, v in (sp or {}).items()} for n, sp in ds["splits"].items()}
+            for group in ("base_novel", "zero_shot"):
+                if isinstance(ds.get(group), dict):
+                    ds[group] = {k: absolute(v) if k != "class_seed" else v for k, v in ds[group].items()}
+            if isinstance(ds.get("pools"), list):
+                ds["pools"] = [dict(p, list=absolute(p["list"])) if isinstance(p, dict) and "list" in p
+                               else absolute(p) for p in ds["pools"]]
+            return ds
+
+        datasets, roots = {}, {}
+        t0, made = time.time(), 0
+        for name, ds in (raw.get("datasets") or {}).items():
+            ds = paths_absolute(ds or {})
+            if ds.get("root"):
+                src = Path(ds["root"]).resolve()
+                if src not in roots:
+                    roots[src] = cache / name
+                    if not src.is_dir():
+                        raise ConfigError(f"{self.world_spec}: datasets.{name}.root {src}: no such directory")
+                    results = prepare(src, roots[src], workers=max(1, self.workers),
+                                      opts=PrepareOptions(short_side=0, cache=True), progress=False)
+                    failed = [r for r in results if r.status == "failed"]
+                    if failed:
+                        raise VclipError(f"{roots[src]}: {len(failed)} videos of {src} could not be cached, "
+                                         f"e.g. {failed[0].rel}: {failed[0].reason}")
+                    made += sum(r.status == "done" for r in results)
+                ds["root"] = str(roots[src])
+            datasets[name] = ds
+        if made:
+            print(f"suite: frame cache of {made} videos in {time.time() - t0:.1f} s -> {cache}", flush=True)
+        spec = cache / "spec.yaml"
+        text = (f"# {self.world_spec} with each dataset's videos read from their frame cache "
+                "(data.backend: cache); written by vclip suite\n"
+                + yaml.safe_dump({"datasets": datasets}, sort_keys=False))
+        if not spec.is_file() or spec.read_text() != text:
+            atomic_write_text(spec, text)
+        return spec
 
     def _base_config(self) -> dict:
         """The run config every cell starts from: the suite's ``run`` section, the pretrained
@@ -374,6 +460,8 @@ class Suite:
         if arch:
             model["arch"] = arch
         base = deep_merge(base, {"model": model})
+        if self.cfg.get("cache", True):
+            base = deep_merge(base, {"data": {"backend": "cache"}})
         if not (base.get("data") or {}).get("image_size"):
             base = deep_merge(base, {"data": {"image_size": native_image_size(self.pretrained)}})
         return base
@@ -404,6 +492,8 @@ class Suite:
         opts = protocols[cell.protocol]
         if cell.protocol == "zero_shot" and not cell.row.eval_only and "fully_supervised" in self.protocol_names:
             opts = {"zero_shot": opts, "reused_fully_supervised": protocols.get("fully_supervised")}
+        if cell.protocol == "fully_supervised" and self.cfg.get("token_merging"):
+            opts = {"fully_supervised": opts, "token_merging": self.cfg["token_merging"]}
         blob = json.dumps({"config": self.row_config(cell.row).read_text(), "protocol": opts,
                            "world": str(self.world), "pretrained": str(self.pretrained),
                            "eval_only": cell.row.eval_only}, sort_keys=True, default=str)
@@ -490,6 +580,9 @@ class Suite:
             bad = [c for c, v in cols.items() if not math.isfinite(v["mean"])]
             if bad:
                 raise VclipError(f"non-finite figure in column {bad[0]!r}")
+            if result.get("token_merging"):
+                cols.update(token_merging_columns(result["token_merging"], cols))
+                record["token_merging"] = result["token_merging"]
             record.update(status="done", command=command, columns=cols, run_dir=result["run_dir"],
                           trained_checkpoint=result.get("trained_checkpoint"),
                           summary=result["summary"],
@@ -554,6 +647,10 @@ class Suite:
             if not row.eval_only:
                 done_ckpt = run.checkpoint_of(f"sup_{ds}_train")
                 result["trained_checkpoint"] = done_ckpt
+            tm = self.cfg.get("token_merging")
+            if tm:
+                result["token_merging"] = self.token_merging_eval(cell, config_file, overrides, ds, views, tm,
+                                                                  result.get("trained_checkpoint"))
         elif p == "zero_shot":
             tr, dss = o.get("train_dataset", "k400"), list(o.get("datasets", ["ucf101", "hmdb51", "k600"]))
             seeds = [int(s) for s in o.get("k600_seeds", [1, 2, 3])]
@@ -582,6 +679,52 @@ class Suite:
             cmd += ["--datasets", ",".join(dss), "--seeds", ",".join(map(str, seeds)), "--shots", str(shots)]
         cmd += ["--label", row.label]
         return result, " ".join(shlex.quote(c) for c in cmd)
+
+    def token_merging_eval(self, cell: Cell, config_file: Path, overrides: list[str], ds: str, views, tm: dict,
+                           checkpoint: str | None) -> dict:
+        """ToMe off the shelf (Bolya et al., 2023, merging without retraining): the fully-supervised
+        cell's model — its trained checkpoint, or the pretrained CLIP for the baseline row —
+        evaluated on the same test set without merging and with ``model.token_merging: {r: R}``,
+        back to back in this process, each evaluation timed (wall clock: data, text and video
+        paths), plus the image tower's GFLOPs per view with and without (``vclip flops``; load-
+        independent). ``{"skipped": reason}`` for a method that merges tokens itself (ALT). Each
+        evaluation's result and time is kept in ``<run>/token_merging/r<R>/``, so a resumed cell
+        does not redo it."""
+        from vclip.methods import METHODS
+        from vclip.protocols import runner as R
+
+        r = int(tm["r"])
+        if METHODS[cell.row.method].merges_tokens_itself:
+            return {"r": r, "skipped": f"{cell.row.method} merges tokens by its own options"}
+        out: dict = {"r": r, "views": [f"{c}x{k}" for c, k in views], "dataset": ds, "checkpoint": checkpoint}
+        run_dir = self.out / "runs" / cell.name / "token_merging"
+        for tag, extra in (("r0", []), (f"r{r}", [f"model.token_merging.r={r}"])):
+            record = run_dir / tag / "timed.json"
+            if record.is_file():
+                out[tag] = json.loads(record.read_text())
+                continue
+            run = R.ProtocolRun(run_dir=run_dir / tag, data=R.load_data_spec(self.spec),
+                                config_files=[str(config_file)], overrides=[*overrides, *extra],
+                                eval_only=cell.row.eval_only, checkpoint=checkpoint, label=cell.row.label)
+            t0 = time.perf_counter()
+            res = R.run_fully_supervised(run, [ds], views)
+            out[tag] = {"seconds": time.perf_counter() - t0, "summary": res["summary"][ds]}
+            atomic_write_text(record, json.dumps(out[tag], indent=1))
+        out["speedup"] = out["r0"]["seconds"] / out[f"r{r}"]["seconds"]
+        try:
+            from vclip.methods.flops import method_flops
+
+            cfg = yaml.safe_load(config_file.read_text())
+            data, model = cfg.get("data") or {}, cfg.get("model") or {}
+            kw = dict(arch=model.get("arch") or "ViT-B-16", num_frames=int(data.get("num_frames") or 8),
+                      image_size=data.get("image_size"), options=model.get("options") or None, num_texts=0)
+            out["image_tower_gflops"] = {
+                "r0": method_flops(cell.row.method, **kw).parts["image tower"],
+                f"r{r}": method_flops(cell.row.method, token_merging={"r": r}, **kw).parts["image tower"]}
+        except Exception as e:  # the FLOPs are a side figure: say why they are missing, keep the rest
+            out["image_tower_gflops"] = None
+            out["flops_error"] = f"{type(e).__name__}: {' '.join(str(e).split())}"
+        return out
 
     # ----------------------------------------------------------------------------- report
     def report(self, cells: dict[str, dict]) -> dict:
@@ -782,6 +925,36 @@ def markdown(suite: Suite, cells: dict[str, dict]) -> str:
         for r in rows:
             lines.append(f"| {r.label} | " + " | ".join(cell_text(r, p, col) for col in cols) + " |")
         lines += ["| *chance* | " + " | ".join(_chance(chance.get(col)) for col in cols) + " |", ""]
+    tms = {r.name: (cells.get(f"{r.name}__fully_supervised") or {}).get("token_merging") for r in rows}
+    if any(tms.values()):
+        rr = next(t["r"] for t in tms.values() if t)
+        lines += [f"## Token merging (ToMe r = {rr}, off the shelf)", "",
+                  f"Each fully-supervised model evaluated again with `model.token_merging: {{r: {rr}}}` (r tokens "
+                  "merged in every image-tower block, no retraining), back to back with the same evaluation "
+                  "without merging. Top-1 in %; eval time is the wall clock of each evaluation (data, text and "
+                  "video paths; noisy on a shared machine), GFLOPs those of the image tower per view "
+                  "(`vclip flops`).", "",
+                  "| Method | top-1 | top-1 ToMe | Δ top-1 | eval s | eval s ToMe | speed-up | image-tower GFLOPs "
+                  "| GFLOPs ToMe |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            t = tms.get(r.name)
+            if not t:
+                continue
+            if t.get("skipped"):
+                lines.append(f"| {r.label} | " + " | ".join(["–"] * 8) + " |")
+                continue
+            tag = f"r{t['r']}"
+            a, b = t["r0"], t[tag]
+            view = next(iter(a["summary"]))
+            t0, t1 = a["summary"][view]["top1"], b["summary"][view]["top1"]
+            g = t.get("image_tower_gflops") or {}
+            gf = f"{g['r0']:.3f} | {g[tag]:.3f}" if g else "– | –"
+            lines.append(f"| {r.label} | {100 * t0:.1f} | {100 * t1:.1f} | {100 * (t1 - t0):+.1f} | "
+                         f"{a['seconds']:.1f} | {b['seconds']:.1f} | {t['speedup']:.2f}× | {gf} |")
+        skipped = sorted({t["skipped"] for t in tms.values() if t and t.get("skipped")})
+        if skipped:
+            lines += ["", "Not evaluated with ToMe: " + "; ".join(skipped) + "."]
+        lines.append("")
     for name, c in cells.items():
         if c["status"] != "done":
             notes.append(f"- {c['label']} × {c['protocol']}: **{c['status']}** — {c.get('reason')}")
