@@ -486,3 +486,15 @@ def test_token_merging_evaluation(tmp_path, world, pretrained, monkeypatch):
     bad = small_config(tmp_path, token_merging={"r": 0})
     with pytest.raises(Exception, match="token_merging"):
         S.load_suite_config(bad)
+
+
+def test_shipped_suite_configs_load_and_the_diagnostic_differs_only_in_its_budget():
+    for path in sorted(S.CONFIG_DIR.glob("*.yaml")):
+        S.load_suite_config(path)
+    default = S.load_suite_config(S.CONFIG_DIR / "default.yaml")
+    longer = S.load_suite_config(S.CONFIG_DIR / "fs1000.yaml")
+    assert longer["run"]["train"]["max_steps"] == 1000 and longer["run"]["train"]["lr"] == 3e-4
+    for cfg in (default, longer):
+        cfg["run"]["train"] = {k: v for k, v in cfg["run"]["train"].items() if k not in ("max_steps", "lr", "log_every")}
+    default.pop("token_merging")
+    assert longer == default
