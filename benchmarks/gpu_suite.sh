@@ -26,12 +26,36 @@ LOG="$OUT/suite.log"
 : > "$LOG"
 : > "$OUT/parts.tsv"
 
-if [[ -d .whl ]] && ! "$PY" -c "import av, ftfy" 2>/dev/null; then
+if [[ -d .whl ]] && ! "$PY" -c "import av, ftfy, importlib.util as u; assert u.find_spec('torchcodec')" 2>/dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/vclip_site .whl/*.whl \
     >>"$LOG" 2>&1 && export PYTHONPATH="/tmp/vclip_site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 VCLIP=("$PY" -m vclip)
+
+# LD_LIBRARY_PATH for torchcodec: FFmpeg 8 from PyAV's wheel (its av.libs files renamed by auditwheel,
+# so a folder of links under the names torchcodec loads: libavcodec.so.62 ...) and the CUDA runtime
+# and NVRTC of the pip-installed nvidia packages (libcudart.so.13, libnvrtc.so.13), then what was set.
+torchcodec_libs() {
+  local links="${TMPDIR:-/tmp}/vclip_ffmpeg_libs" avlibs f b dirs
+  avlibs=$("$PY" -c "import av, os; print(os.path.join(os.path.dirname(os.path.dirname(av.__file__)), 'av.libs'))" 2>/dev/null)
+  if [[ -n "$avlibs" && -d "$avlibs" ]]; then
+    mkdir -p "$links"
+    for f in "$avlibs"/*; do
+      b=$(basename "$f"); ln -sf "$f" "$links/$b"
+      [[ "$b" =~ ^(lib(av|sw)[a-z]+)-[0-9a-f]+\.so\.([0-9]+) ]] && ln -sf "$f" "$links/${BASH_REMATCH[1]}.so.${BASH_REMATCH[3]}"
+    done
+  else
+    links=""
+  fi
+  dirs=$("$PY" -c "
+import glob, os, site
+roots = [p for p in site.getsitepackages() + [site.getusersitepackages()] if os.path.isdir(p)]
+found = {os.path.dirname(f) for r in roots for pat in ('libcudart.so.*', 'libnvrtc.so.*')
+         for f in glob.glob(os.path.join(r, 'nvidia', '**', pat), recursive=True)}
+print(':'.join(sorted(found)))" 2>/dev/null)
+  echo "${links}${dirs:+:$dirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+}
 
 # part NAME LIMIT_S CMD...  — runs CMD with a time box of min(LIMIT_S, what is left of the budget)
 part() {
@@ -78,6 +102,10 @@ part infer_b16_compile    150 "${VCLIP[@]}" bench infer --arch "$A16" --batch "$
 part od_solver            60 "$PY" benchmarks/bench_od_solver.py "${OD[@]}" --json "$J/od_solver.json"
 part decode_1proc         60 "$PY" benchmarks/bench_data.py --backends pyav --num-videos "$( ((DRY)) && echo 2 || echo 8)" \
                               --repeats 3 --json "$J/decode_1proc.json"
+# the same clips decoded on the GPU (torchcodec NVDEC, frames back in host memory); where it cannot
+# run (no CUDA, no torchcodec CUDA build, no libnvcuvid) its row says why
+part decode_gpu           60 env LD_LIBRARY_PATH="$(torchcodec_libs)" "$PY" benchmarks/bench_data.py --backends torchcodec-cuda \
+                              --num-videos "$( ((DRY)) && echo 2 || echo 8)" --repeats 3 --json "$J/decode_gpu.json"
 part e2e_b16              150 "$PY" benchmarks/bench_end_to_end.py --source "$ESRC" --videos "$V" --workers "$W" \
                               --arch "$EA" --batch "$B" --frames "$F" --dtype "$DT" "${DEV[@]}" --epochs 2 \
                               --json "$J/e2e_b16.json"

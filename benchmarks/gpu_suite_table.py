@@ -26,6 +26,7 @@ RECORDS = {
     "infer_b16_compile": "infer_b16_compile.json",
     "od_solver": "od_solver.json",
     "decode_1proc": "decode_1proc.json",
+    "decode_gpu": "decode_gpu.json",
     "e2e_b16": "e2e_b16.json",
     "e2e_b16_cache": "e2e_b16_cache.json",
     "infer_b32_compile": "infer_b32_compile.json",
@@ -90,9 +91,16 @@ def rows_for(name: str, r: dict) -> list[list[str]]:
             out.append([name, "frame cache build (once)", f"{res['cache_build_s']:.1f} s", f"{s['workers']} processes"])
         return out
     if kind == "decode":  # bench_data.py: one process, no DataLoader
-        return [[name, f"decode, one process, {x['backend']} ({r['source'].split(' (')[0]})",
-                 f"{x['clips_per_s_T8']:.1f} clips/s (T = 8)", f"T = 32: {x['clips_per_s_T32']:.1f} clips/s"]
-                for x in r["results"]]
+        out = []
+        for x in r["results"]:
+            detail = f"T = 32: {x['clips_per_s_T32']:.1f} clips/s"
+            if "max_abs_diff_vs_pyav" in x:
+                detail += f"; vs PyAV max |Δ| {x['max_abs_diff_vs_pyav']} (mean {x['mean_abs_diff_vs_pyav']}); {x.get('cpu_fallback')}"
+            out.append([name, f"decode, one process, {x['backend']} ({r['source'].split(' (')[0]})",
+                        f"{x['clips_per_s_T8']:.1f} clips/s (T = 8)", detail])
+        for x in r.get("unavailable", []):
+            out.append([name, f"decode, one process, {x['backend']}", "unavailable", x["reason"].replace("|", "/")])
+        return out
     if "head" in r:  # bench_od_solver
         return [[name, f"OST OD solver B={h['B']} T={h['T']} K={h['K']} N={h['N']}",
                  f"{h['od_ms_per_video']:.3f} ms/video", f"names-only head {h['names_ms_per_video']:.3f} ms/video"]

@@ -16,6 +16,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -91,6 +92,9 @@ class DataConfig:
     normalize: Literal["imagenet", "clip"] = "imagenet"
     #: decoding backend; "cache": the frame cache of `vclip data prepare --cache` (root = the cache folder)
     backend: Literal["auto", "pyav", "torchcodec", "rawframes", "cache"] = "auto"
+    #: where backend torchcodec decodes: "cpu", or "cuda" / "cuda:N" (NVDEC; frames come back to host
+    #: memory for the CPU transforms, see docs/data.md "Decoding on the GPU")
+    decode_device: str = "cpu"
     batch_size: int = 8
     eval_batch_size: Optional[int] = None
     num_workers: int = 4
@@ -374,6 +378,12 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.betas: expected two values in [0, 1), got {t.betas}")
     if t.precision == "fp16" and cfg.device == "cpu":
         raise ConfigError("train.precision: fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    if d.decode_device != "cpu":
+        if d.backend != "torchcodec":
+            raise ConfigError(f"data.decode_device: {d.decode_device!r} needs data.backend: torchcodec "
+                              f"(only torchcodec decodes on the GPU), got data.backend: {d.backend}")
+        if not re.fullmatch(r"cuda(:\d+)?", d.decode_device):
+            raise ConfigError(f"data.decode_device: expected 'cpu', 'cuda' or 'cuda:N', got {d.decode_device!r}")
     aug = d.aug
     for key in ("flip", "color_jitter", "grayscale", "mix_switch_prob"):
         if not 0 <= getattr(aug, key) <= 1:

@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import gpu_suite_table  # noqa: E402
 
 PARTS = ["matmul_bf16", "xclip_vs_hf", "infer_b16", "train_b16_bf16", "train_b16_fp16", "infer_b16_compile",
-         "od_solver", "decode_1proc", "e2e_b16", "e2e_b16_cache", "infer_b32_compile", "train_b16_compile"]
+         "od_solver", "decode_1proc", "decode_gpu", "e2e_b16", "e2e_b16_cache", "infer_b32_compile", "train_b16_compile"]
 
 
 def _suite(out: Path, budget: int) -> subprocess.CompletedProcess:
@@ -46,6 +46,10 @@ def test_dry_run_writes_every_part_and_the_table(tmp_path):
     assert len(cache_rows) == 6 and "frame cache build" in cache_rows[-1]
     assert all(", cache)" in row for row in cache_rows[:4])
     assert all("no record" not in row and "unknown record" not in row for row in rows)
+    # GPU decoding on a machine without CUDA: the part succeeds, its row says why it could not run
+    gpu = [row for row in rows if row.startswith("| decode_gpu |")]
+    assert len(gpu) == 1 and "torchcodec-cuda | unavailable |" in gpu[0] and "data.decode_device" in gpu[0], gpu
+    assert json.loads((tmp_path / "decode_gpu.json").read_text())["results"] == []
     vs = next(row for row in rows if "— vclip" in row)
     assert "rel err" in vs and float(vs.split("rel err ")[1].split(" ")[0]) < 1e-4
 
@@ -79,6 +83,19 @@ def test_table_keeps_failed_timed_out_and_unreadable_parts(tmp_path, capsys):
     assert sorted(json.loads((tmp_path / "suite.json").read_text())["records"]) == ["matmul_bf16"]
     assert gpu_suite_table.main([str(tmp_path / "missing")]) == 2
     assert "run benchmarks/gpu_suite.sh first" in capsys.readouterr().err
+
+
+def test_table_rows_for_gpu_decoding():
+    rec = {"kind": "decode", "source": "8 generated clips, 10 s 340x256 (made in 3 s)",
+           "results": [{"backend": "torchcodec-cuda", "clips_per_s_T8": 412.34, "clips_per_s_T32": 101.0,
+                        "max_abs_diff_vs_pyav": 2, "mean_abs_diff_vs_pyav": 0.41,
+                        "cpu_fallback": "[CUDA] Fallback status: No fallback required"}],
+           "unavailable": [{"backend": "torchcodec-cuda", "reason": "ConfigError: no | GPU"}]}
+    rows = gpu_suite_table.rows_for("decode_gpu", rec)
+    assert rows[0] == ["decode_gpu", "decode, one process, torchcodec-cuda (8 generated clips, 10 s 340x256)",
+                       "412.3 clips/s (T = 8)", "T = 32: 101.0 clips/s; vs PyAV max |Δ| 2 (mean 0.41); "
+                       "[CUDA] Fallback status: No fallback required"]
+    assert rows[1] == ["decode_gpu", "decode, one process, torchcodec-cuda", "unavailable", "ConfigError: no / GPU"]
 
 
 def test_table_rows_for_inference_and_training_records():

@@ -525,11 +525,69 @@ def _torchcodec_importable() -> bool:
     return _TORCHCODEC_OK
 
 
+#: words of a torchcodec error that is about the GPU (not about the file) when decoding on CUDA
+_GPU_WORDS = ("cuda", "nvdec", "cuvid", "nvcuvid", "device", "npp", "nvrtc", "driver")
+
+_GPU_INSTALL_HINT = (
+    "install a CUDA build of torch and torchcodec's CUDA build for it (on Linux x86-64, "
+    "torchcodec 0.16/0.17 from PyPI are the cu130 builds, for torch >= 2.11; other CUDA versions: "
+    "`pip install torchcodec --index-url https://download.pytorch.org/whl/cuXYZ`) plus FFmpeg 4-8 shared "
+    "libraries (see docs/data.md, 'Decoding on the GPU'), or set data.decode_device: cpu"
+)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _torchcodec_version() -> str:
+    try:
+        import torchcodec
+
+        return str(getattr(torchcodec, "__version__", "?"))
+    except Exception:  # pragma: no cover - the caller imported it already
+        return "?"
+
+
+def _gpu_decode_error(device: str, what: str):
+    from vclip.errors import ConfigError
+
+    # a ConfigError, not a VideoDecodeError: a missing GPU decoder is no bad video, so
+    # ``on_bad_video: skip`` must not skip every video because of it
+    return ConfigError(f"data.decode_device: {device!r} (torchcodec on the GPU) cannot be used: {what}; {_GPU_INSTALL_HINT}")
+
+
+def check_decode_device(device: str) -> bool:
+    """Validate a torchcodec decoding device (``"cpu"``, ``"cuda"``, ``"cuda:N"``); True for a
+    GPU. A GPU without a CUDA torch is a :class:`~vclip.errors.ConfigError` naming
+    ``data.decode_device`` and what to install."""
+    from vclip.errors import ConfigError
+
+    device = str(device)
+    if device == "cpu":
+        return False
+    if not re.fullmatch(r"cuda(:\d+)?", device):
+        raise ConfigError(f"data.decode_device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise _gpu_decode_error(
+            device, f"torch {torch.__version__} sees no CUDA GPU (torch.cuda.is_available() is False, "
+            f"built for CUDA {torch.version.cuda})")
+    if ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
+        raise ConfigError(f"data.decode_device: {device!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return True
+
+
 class TorchCodecReader(VideoReader):
     """torchcodec's ``VideoDecoder`` (exact seek mode: it scans the file once at open).
 
-    ``device="cuda"`` decodes on the GPU (NVDEC); :meth:`get_frames_torch` then keeps the frames
-    on the GPU, :meth:`get_frames` copies them to host memory.
+    ``device="cuda"`` (config: ``data.backend: torchcodec`` with ``data.decode_device: cuda``)
+    decodes on the GPU (NVDEC); :meth:`get_frames_torch` then keeps the frames on the GPU,
+    :meth:`get_frames` (what :class:`~vclip.data.datasets.VideoDataset` calls) copies them to host
+    memory. A missing CUDA torch, torchcodec or torchcodec CUDA build is a
+    :class:`~vclip.errors.ConfigError` naming ``data.decode_device`` and what to install.
     """
 
     backend = "torchcodec"
@@ -547,21 +605,30 @@ class TorchCodecReader(VideoReader):
         self.device = str(device)
         self.max_pixels = max_pixels
         self._decoder = None
+        on_gpu = check_decode_device(self.device)
         _check_file(self.path)
         try:
             from torchcodec.decoders import VideoDecoder
         except Exception as e:
+            if on_gpu:
+                raise _gpu_decode_error(self.device, f"torchcodec cannot be imported ({type(e).__name__}: {_first_line(e)})") from None
             raise VideoDecodeError(
                 f"{self.path}: the torchcodec backend is not available ({type(e).__name__}: {e}); "
                 "install torchcodec (and FFmpeg) or use backend 'pyav'"
             ) from None
+        if on_gpu:
+            version = _torchcodec_version()
+            if version.endswith("+cpu"):
+                raise _gpu_decode_error(self.device, f"torchcodec {version} is a CPU-only build")
         try:
             self._decoder = VideoDecoder(
                 self.path, dimension_order="NHWC", num_ffmpeg_threads=int(threads), device=self.device, seek_mode=seek_mode
             )
             md = self._decoder.metadata
         except Exception as e:  # RuntimeError / ValueError from torchcodec
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            msg = _first_line(e)
+            if on_gpu and any(w in msg.lower() for w in _GPU_WORDS):
+                raise _gpu_decode_error(self.device, f"torchcodec could not create a CUDA decoder ({msg})") from None
             if "video stream" in msg.lower() or "no valid stream" in msg.lower():
                 raise VideoDecodeError(f"{self.path}: no video stream ({msg})") from None
             raise VideoDecodeError(f"{self.path}: cannot open as a video ({msg})") from None
@@ -602,6 +669,13 @@ class TorchCodecReader(VideoReader):
     def _read(self, wanted):  # pragma: no cover - get_frames is overridden
         frames = self.get_frames(wanted)
         return dict(zip(wanted, frames))
+
+    @property
+    def cpu_fallback(self) -> str | None:
+        """torchcodec's report of whether a CUDA decoder fell back to the CPU (e.g. a codec NVDEC
+        cannot decode); known after the first decoded frame. ``None`` when torchcodec has none."""
+        status = getattr(self._decoder, "cpu_fallback", None)
+        return None if status is None else str(status)
 
     def close(self) -> None:
         self._decoder = None

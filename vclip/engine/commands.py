@@ -200,6 +200,7 @@ def _predict(args) -> int:
     from vclip.data.datasets import VideoDataset
     from vclip.data.sampling import build_sampler
     from vclip.data.transforms import build_test_transform
+    from vclip.engine.data import decode_options
     from vclip.engine.inference import build_for_checkpoint, inference_config, open_checkpoint
     from vclip.methods import build_method, make_vocabulary
 
@@ -227,7 +228,8 @@ def _predict(args) -> int:
     sampler = build_sampler(mode="segment" if d.sampling == "segments" else "dense", num_frames=method.input_frames(),
                             interval=d.frame_interval, short_policy=d.short_video, test_mode=True)
     dataset = VideoDataset(records, None, None, sampler=sampler, transform=build_test_transform(
-        input_size=d.image_size, num_crops=1, norm=d.normalize), backend=d.backend, on_bad_video="skip", train=False)
+        input_size=d.image_size, num_crops=1, norm=d.normalize), backend=d.backend, on_bad_video="skip", train=False,
+        decode_options=decode_options(cfg))
     k = min(args.top_k, len(names))
     out, status = [], 0
     with torch.no_grad():

@@ -40,6 +40,27 @@ def sampled_frames(cfg: RunConfig) -> int:
     return cls.sampled_frames(cls.parse_options(cfg.model.options), cfg.data.num_frames)
 
 
+def decode_options(cfg: RunConfig) -> dict:
+    """``open_video`` options of ``cfg.data``: ``device`` for backend torchcodec. ``cuda`` becomes
+    this process's current CUDA device (``cuda:LOCAL_RANK`` under DDP), so spawned loader workers
+    decode on their rank's GPU; a GPU that cannot be used fails here, before any video is read."""
+    d = cfg.data
+    if d.backend != "torchcodec":
+        return {}
+    from vclip.data.decode import check_decode_device
+
+    device = d.decode_device
+    if check_decode_device(device) and device == "cuda":
+        import torch
+
+        device = f"cuda:{torch.cuda.current_device()}"
+    return {"device": device}
+
+
+def gpu_decoding(cfg: RunConfig) -> bool:
+    return cfg.data.backend == "torchcodec" and cfg.data.decode_device != "cpu"
+
+
 def train_dataset(cfg: RunConfig, names: list[str]) -> VideoDataset:
     d = cfg.data
     records = load_annotations(_path(d.train_list, "data.train_list"), class_names=names, subset=d.train_subset,
@@ -52,7 +73,8 @@ def train_dataset(cfg: RunConfig, names: list[str]) -> VideoDataset:
         flip=a.flip, color_jitter=a.color_jitter, jitter_per_frame=a.color_jitter_per_frame,
         grayscale=a.grayscale, norm=d.normalize)
     return VideoDataset(records, d.root, names, sampler=sampler, transform=transform, backend=d.backend,
-                        on_bad_video=d.on_bad_video, train=True, seed=cfg.train.seed)
+                        on_bad_video=d.on_bad_video, train=True, seed=cfg.train.seed,
+                        decode_options=decode_options(cfg))
 
 
 def eval_dataset(cfg: RunConfig, names: list[str], annotation: str | None = None) -> VideoDataset:
@@ -65,18 +87,25 @@ def eval_dataset(cfg: RunConfig, names: list[str], annotation: str | None = None
                             compat_random_test_clips=e.compat_random_test_clips)
     transform = build_test_transform(input_size=d.image_size, num_crops=e.num_crops, norm=d.normalize)
     return VideoDataset(records, d.root, names, sampler=sampler, transform=transform, backend=d.backend,
-                        on_bad_video="skip", train=False, seed=cfg.train.seed)
+                        on_bad_video="skip", train=False, seed=cfg.train.seed, decode_options=decode_options(cfg))
 
 
 def train_loader(cfg: RunConfig, dataset: VideoDataset, rank: int, world_size: int):
     return build_loader(dataset, cfg.data.batch_size, train=True, num_workers=cfg.data.num_workers,
-                        seed=cfg.train.seed, rank=rank, world_size=world_size)
+                        seed=cfg.train.seed, rank=rank, world_size=world_size,
+                        multiprocessing_context=_worker_context(cfg))
+
+
+def _worker_context(cfg: RunConfig) -> str | None:
+    """Loader workers decoding on the GPU are spawned: a forked child cannot use CUDA."""
+    return "spawn" if gpu_decoding(cfg) and cfg.data.num_workers > 0 else None
 
 
 def eval_loader(cfg: RunConfig, dataset: VideoDataset, rank: int, world_size: int):
     bs = cfg.data.eval_batch_size or cfg.data.batch_size
     return build_loader(dataset, bs, train=False, num_workers=cfg.data.num_workers, seed=cfg.train.seed,
-                        rank=rank, world_size=world_size, persistent_workers=False)
+                        rank=rank, world_size=world_size, persistent_workers=False,
+                        multiprocessing_context=_worker_context(cfg))
 
 
 def mixup(cfg: RunConfig, num_classes: int):
