@@ -277,3 +277,31 @@ def test_descriptor_dtype_shapes_and_renormalised_pool_by_hand():
         for k in range(4):
             d = F.normalize(per_video[b, k], dim=-1).mean(0)
             assert abs(float(got[b, k]) - float(F.cosine_similarity(v[b], d, dim=0))) < 1e-6
+
+
+def test_auto_domain_at_small_eps_is_the_log_domain():
+    """Costs spanning 2 at ε = 0.005 (span/ε = 400, far past the scaling domain's range): "auto"
+    must take the log domain — the same plan bit for bit, finite — for given and measured spans."""
+    from vclip.methods.od_solver import sinkhorn
+
+    cost = torch.rand(3, 4, 5, generator=torch.Generator().manual_seed(2)) * 2.0
+    ref = sinkhorn(cost, eps=0.005, domain="log")
+    assert torch.isfinite(ref).all()
+    assert torch.equal(sinkhorn(cost, eps=0.005), ref)
+    assert torch.equal(sinkhorn(cost, eps=0.005, max_cost_span=2.0), ref)
+    # od_scores on unnormalised features measures the span (it is not the 2 of unit vectors)
+    g = torch.Generator().manual_seed(3)
+    frames, desc = torch.randn(2, 3, 8, generator=g) * 3, torch.randn(4, 2, 8, generator=g) * 3
+    s = od_scores(frames, desc, eps=0.05, normalize=False)
+    assert torch.isfinite(s).all()
+    assert torch.equal(s, od_scores(frames, desc, eps=0.05, normalize=False, domain="log"))
+
+
+def test_od_logits_passes_the_solver_options():
+    g = torch.Generator().manual_seed(4)
+    frames, desc = torch.randn(2, 3, 8, generator=g), torch.randn(4, 2, 8, generator=g)
+    kw = dict(eps=0.3, max_iter=2, tol=1e-9, stopping="per_problem", check_every=1, domain="log")
+    got = od_logits(frames, desc, 2.0, pooled=False, **kw)
+    assert torch.equal(got, od_scores(frames, desc, **kw) * 2.0)
+    for key, default in (("eps", 0.1), ("max_iter", 100), ("domain", "auto")):
+        assert not torch.equal(got, od_logits(frames, desc, 2.0, pooled=False, **{**kw, key: default})), key
