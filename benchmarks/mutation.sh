@@ -57,12 +57,13 @@ for m in "${modules[@]}"; do
   name="$(basename "$m" .py)"
   dir="$WORK/$(echo "$m" | tr / _ | sed 's/\.py$//')"
   rm -rf "$dir"; mkdir -p "$dir"
-  cp -r vclip tests "$dir"/
+  cp -r vclip tests configs "$dir"/   # configs: tests load the shipped run configs
   find "$dir" -name __pycache__ -prune -exec rm -rf {} +
   # a scratch pyproject: mutmut's settings for this module only, pytest's markers
   {
     echo '[tool.mutmut]'
     echo 'source_paths = ["vclip"]'
+    echo 'also_copy = ["configs"]'   # tests load the shipped run configs
     echo "only_mutate = [\"$m\"]"
     printf 'pytest_add_cli_args_test_selection = [%s]\n' "$(for t in ${TESTS[$m]}; do printf '"%s", ' "$t"; done)"
     # torch.compile cannot trace mutmut's trampolines (dynamo fails in the clean run): deselected

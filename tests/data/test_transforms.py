@@ -1,6 +1,7 @@
 """Clip transforms: clip consistency, shapes, determinism, colour maths, Mixup/CutMix."""
 
 import colorsys
+import math
 
 import numpy as np
 import pytest
@@ -320,3 +321,306 @@ def test_mixup_cutmix_every_row_targets_its_partner(partner, kind):
         perms.add(tuple(partners))
     if partner == "permutation":
         assert len(perms) > 2  # drawn anew from each seed
+
+
+# ------------------------------------------------ mutation testing (issue 13): values pinned by hand
+
+class _FixedRng:
+    """A stand-in for numpy's Generator whose ``integers`` returns given values in order."""
+
+    def __init__(self, *values):
+        self.values = list(values)
+
+    def integers(self, n):
+        v = self.values.pop(0)
+        assert 0 <= v < n
+        return v
+
+
+def test_build_mixup_reads_every_key_from_a_mapping_or_an_object():
+    from types import SimpleNamespace
+
+    d = T.build_mixup(None, 7)                      # X-CLIP's defaults
+    assert (d.num_classes, d.mixup_alpha, d.cutmix_alpha, d.switch_prob, d.prob, d.label_smoothing,
+            d.partner) == (7, 0.8, 1.0, 0.5, 1.0, 0.1, "permutation")
+    keys = dict(mixup=0.3, cutmix=0.6, switch_prob=0.25, prob=0.75, label_smoothing=0.05, partner="reversed")
+    for cfg in (keys, SimpleNamespace(**keys)):
+        m = T.build_mixup(cfg, 5)
+        assert (m.num_classes, m.mixup_alpha, m.cutmix_alpha, m.switch_prob, m.prob, m.label_smoothing,
+                m.partner) == (5, 0.3, 0.6, 0.25, 0.75, 0.05, "reversed")
+    # keys left out (or None) take the defaults; both alphas 0 = no mixing at all
+    assert T.build_mixup(SimpleNamespace(prob=None), 3).prob == 1.0
+    assert T.build_mixup({"mixup": 0.0, "cutmix": 0.0}, 3) is None
+    assert T.build_mixup({"mixup": 0.0}, 3).cutmix_alpha == 1.0
+    assert T.build_mixup({"cutmix": 0.0}, 3).mixup_alpha == 0.8
+    assert T.build_mixup({"mixup": 0.5, "cutmix": 0.0}, 3) is not None
+
+
+def test_build_train_transform_options_reach_the_steps():
+    from types import SimpleNamespace
+
+    tf = T.build_train_transform(T.TransformConfig(input_size=32, short_side=40, random_crop=True,
+                                                   scales=(1, 0.5), jitter=(0.1, 0.2, 0.3, 0.05),
+                                                   color_jitter=0.6, jitter_per_frame=True, flip=0.3,
+                                                   grayscale=0.4))
+    rs, msc, r, flip, cj, gray, norm = tf.transforms
+    assert rs.size == 40 and (msc.input_size, msc.scales, msc.max_wh_scale_gap, msc.random_crop) == \
+        ((32, 32), (1.0, 0.5), 1, True)
+    assert r.size == (32, 32) and flip.p == 0.3 and gray.p == 0.4
+    assert (cj.brightness, cj.contrast, cj.saturation, cj.hue, cj.p, cj.per_frame) == (0.1, 0.2, 0.3, 0.05, 0.6, True)
+    # an object with some of the fields (the run config's data.aug section)
+    tf = T.build_train_transform(SimpleNamespace(input_size=32, crop="center", flip=0.0, color_jitter=0.0,
+                                                 grayscale=0.0, norm="clip"))
+    assert [type(t).__name__ for t in tf.transforms] == ["ResizeShortSide", "CenterCrop", "Normalize"]
+    assert tf.transforms[0].size == 36 and tf.transforms[1].size == (32, 32) and tf.transforms[2].preset == "clip"
+    rrc = T.build_train_transform(input_size=32, crop="random_resized", rrc_scale=(0.5, 0.9)).transforms[0]
+    assert isinstance(rrc, T.RandomResizedCrop) and rrc.size == (32, 32) and rrc.scale == (0.5, 0.9)
+    with pytest.raises(ConfigError, match="train crop must be multiscale"):
+        T.build_train_transform(crop="centre")
+    with pytest.raises(ConfigError, match=r"unknown transform option\(s\): \['crop_size'\]"):
+        T.build_train_transform({"crop_size": 3})
+    with pytest.raises(ConfigError, match="num_crops must be 1 or 3, got 2"):
+        T.build_test_transform(num_crops=2)
+
+
+def test_colour_jitter_draws_factors_from_the_torchvision_ranges():
+    """The draw of ``get_params`` reproduced from the same seed: a permutation of the 4 ops, then a
+    uniform factor in [max(0, 1 - x), 1 + x] (hue in [-h, h]) for each op of non-zero strength."""
+    assert (lambda c: (c.brightness, c.contrast, c.saturation, c.hue, c.p, c.per_frame))(T.ColorJitter()) == \
+        (0.4, 0.4, 0.2, 0.1, 0.8, False)
+    strengths = (0.4, 0.3, 0.2, 0.1)
+    jit = T.ColorJitter(*strengths)
+    names = ("brightness", "contrast", "saturation", "hue")
+    for seed in range(6):
+        ref = np.random.default_rng(seed)
+        expected = []
+        for idx in ref.permutation(4):
+            x = strengths[idx]
+            lo, hi = (-x, x) if idx == 3 else (1 - x, 1 + x)
+            expected.append((names[idx], ref.uniform(lo, hi)))
+        assert jit.get_params(np.random.default_rng(seed)) == expected
+    # strength above 1: the lower bound is 0; strength 0: the op is left out
+    for seed in range(6):
+        ops = dict(T.ColorJitter(1.5, 0, 0, 0).get_params(np.random.default_rng(seed)))
+        ref = np.random.default_rng(seed)
+        ref.permutation(4)
+        assert ops == {"brightness": ref.uniform(0.0, 2.5)}
+    assert T.ColorJitter(0, 0, 0, 0).get_params(np.random.default_rng(0)) == []
+    T.ColorJitter(hue=0.0), T.ColorJitter(hue=0.5)  # the bounds are allowed
+    with pytest.raises(ConfigError, match=r"hue jitter must be in \[0, 0.5\], got 0.6"):
+        T.ColorJitter(hue=0.6)
+
+
+def test_colour_jitter_on_one_frame_draws_once():
+    """A single frame [C, H, W] with ``per_frame``: one draw (not one per channel): the rng then
+    continues where a clip of one frame leaves it."""
+    jit = T.ColorJitter(p=1.0, per_frame=True)
+    frame = rand_clip(1, 8, 8)[0].float()
+    a, b = np.random.default_rng(4), np.random.default_rng(4)
+    out = jit(frame, a)
+    ref = jit(frame[None], b)[0]
+    assert torch.allclose(out, ref) and a.random() == b.random()
+
+
+def test_colour_ops_clamp_to_the_0_255_range():
+    # contrast 1.5 around the grey level moves the extremes out of range: clamped to 0 and 255
+    x = torch.tensor([0.0, 250.0, 10.0]).view(1, 3, 1, 1).expand(1, 3, 1, 2).contiguous()
+    grey = 0.299 * 0 + 0.587 * 250 + 0.114 * 10
+    c = T.adjust_contrast(x, 1.5)[0, :, 0, 0]
+    hand = [min(255.0, max(0.0, 1.5 * v - 0.5 * grey)) for v in (0.0, 250.0, 10.0)]
+    assert torch.allclose(c, torch.tensor(hand), atol=1e-4) and c.max() == 255.0 and c.min() == 0.0
+    s = T.adjust_saturation(x, 2.0)[0, :, 0, 0]
+    hand = [min(255.0, max(0.0, 2.0 * v - grey)) for v in (0.0, 250.0, 10.0)]
+    assert torch.allclose(s, torch.tensor(hand), atol=1e-4) and s.max() == 255.0
+    assert T.adjust_brightness(torch.zeros(1, 3, 1, 1), 0.5).max() == 0.0  # black stays black
+
+
+def test_rgb_to_hsv_matches_colorsys():
+    px = [(1.0, 0.0, 0.5), (0.2, 0.9, 0.4), (0.1, 0.3, 0.8), (0.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.9, 0.1, 0.2)]
+    x = torch.tensor(px).T.reshape(3, len(px), 1)
+    hsv = T.rgb_to_hsv(x).reshape(3, len(px)).T
+    for p, h in zip(px, hsv.tolist()):
+        assert np.allclose(h, colorsys.rgb_to_hsv(*p), atol=1e-6), p
+
+
+def test_normalize_by_hand_and_its_arguments():
+    n = T.Normalize()
+    assert n.preset == "imagenet"
+    x = torch.tensor([123.675 + 58.395, 116.28, 103.53 - 2 * 57.375]).view(3, 1, 1)
+    assert torch.allclose(n(x).flatten(), torch.tensor([1.0, 0.0, -2.0]), atol=1e-5)
+    own = T.Normalize(mean=np.array([10.0, 20.0, 30.0]), std=np.array([2.0, 4.0, 5.0]))  # float64 in
+    out = own(torch.full((3, 1, 1), 40.0))
+    assert out.dtype == torch.float32 and out.flatten().tolist() == [15.0, 5.0, 2.0]
+    with pytest.raises(ConfigError, match=r"^Normalize: give both mean and std \(or neither, for the preset\), "
+                                          r"got mean=\(1.0, 2.0, 3.0\), std=None$"):
+        T.Normalize(mean=(1.0, 2.0, 3.0))
+    with pytest.raises(ConfigError, match="give both mean and std"):
+        T.Normalize(std=(1.0, 2.0, 3.0))
+    with pytest.raises(ConfigError, match=r"preset must be one of \['imagenet', 'clip'\], got 'coco'"):
+        T.Normalize("coco")
+
+
+def test_multiscale_crop_snapping_grid_and_ranges():
+    # sides int(100 * s) = 22 and 33 for input (20, 30): 22 snaps to 20 in height (|22 - 20| < 3),
+    # 33 does not snap to 30 in width (|33 - 30| = 3)
+    msc = T.MultiScaleCrop((20, 30), scales=(0.22, 0.33))
+    sizes = {msc.get_params(100, 100, np.random.default_rng(s))[2:] for s in range(60)}
+    assert sizes == {(20, 22), (20, 33), (33, 22), (33, 33)}
+    msc = T.MultiScaleCrop((30, 20), scales=(0.22, 0.33))     # the same with height and width swapped
+    sizes = {msc.get_params(100, 100, np.random.default_rng(s))[2:] for s in range(60)}
+    assert sizes == {(22, 20), (33, 20), (22, 33), (33, 33)}
+    # the 13-position grid on quarter steps
+    m13 = T.MultiScaleCrop(8, scales=(1,), num_fixed_crops=13)
+    assert m13.num_fixed_crops == 13 and T.MultiScaleCrop().input_size == (224, 224)
+    pos = {m13.get_params(8, 16, np.random.default_rng(s))[:2] for s in range(300)}
+    assert pos == {(0, 2 * x) for x in (0, 1, 2, 3, 4)} | {(0, 0), (0, 8), (0, 4)}  # ws = 2, hs = 0
+    pos = {T.MultiScaleCrop(4, scales=(1,), num_fixed_crops=13).get_params(12, 4, np.random.default_rng(s))[:2]
+           for s in range(300)}
+    hs = 2
+    assert pos == {(gy * hs, 0) for gy in range(5)}
+    m13w = T.MultiScaleCrop(8, scales=(0.5,), num_fixed_crops=13)
+    pos = {m13w.get_params(24, 24, np.random.default_rng(s))[:2] for s in range(400)}   # 12 px: hs = ws = 3
+    grid = [(0, 0), (0, 4), (4, 0), (4, 4), (2, 2), (2, 0), (2, 4), (4, 2), (0, 2), (1, 1), (1, 3), (3, 1), (3, 3)]
+    assert pos == {(3 * gy, 3 * gx) for gy, gx in grid}
+    with pytest.raises(ConfigError, match="num_fixed_crops must be 5 or 13, got 7"):
+        T.MultiScaleCrop(num_fixed_crops=7)
+    # a side of 0 pixels becomes 1
+    assert T.MultiScaleCrop(50, scales=(0.1,)).get_params(4, 4, np.random.default_rng(0))[2:] == (1, 1)
+    # random offsets cover exactly 0 .. H - h and 0 .. W - w
+    rnd = T.MultiScaleCrop(50, scales=(0.5,), random_crop=True)
+    got = [rnd.get_params(6, 10, np.random.default_rng(s)) for s in range(300)]
+    assert {g[2:] for g in got} == {(3, 3)}
+    assert {g[0] for g in got} == set(range(4)) and {g[1] for g in got} == set(range(8))
+
+
+def _rrc_reference(height, width, scale, ratio, rng):
+    """torchvision's RandomResizedCrop.get_params, written from its documentation."""
+    area = height * width
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        ar = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        w, h = round(math.sqrt(target * ar)), round(math.sqrt(target / ar))
+        if 1 <= w <= width and 1 <= h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    return None
+
+
+def test_random_resized_crop_params_and_fallback():
+    rrc = T.RandomResizedCrop((4, 6), scale=(0.05, 1.0), ratio=(0.5, 2.0))
+    n = 0
+    for h, w in ((5, 5), (3, 8), (9, 4)):
+        for s in range(150):
+            ref = _rrc_reference(h, w, rrc.scale, rrc.ratio, np.random.default_rng(s))
+            if ref is not None:
+                n += 1
+                assert rrc.get_params(h, w, np.random.default_rng(s)) == ref
+    assert n > 300
+    d = T.RandomResizedCrop()
+    assert (d.size, d.scale, d.ratio, d.antialias) == ((224, 224), (0.08, 1.0), (0.75, 4 / 3), True)
+    # an impossible area: 10 attempts (20 draws), then the centre crop clamped to the ratio
+    imp = T.RandomResizedCrop(8, scale=(4.0, 5.0))
+    for (h, w), box in {(40, 10): (13, 0, 13, 10), (10, 40): (0, 13, 10, 13), (10, 12): (0, 0, 10, 12)}.items():
+        a, b = np.random.default_rng(0), np.random.default_rng(0)
+        assert imp.get_params(h, w, a) == box
+        b.uniform(size=20)
+        assert a.random() == b.random()
+    # crops that round to 0 pixels wide (or high) are not accepted: every attempt fails here
+    for s in range(20):
+        assert T.RandomResizedCrop(4, scale=(0.02, 0.06), ratio=(0.1, 0.2)).get_params(4, 4, np.random.default_rng(s)) \
+            == (0, 1, 4, 1)                                              # fallback: w = round(4 · 0.2)
+        assert T.RandomResizedCrop(4, scale=(0.02, 0.06), ratio=(5.0, 10.0)).get_params(4, 4, np.random.default_rng(s)) \
+            == (1, 0, 1, 4)                                              # fallback: h = round(4 / 5)
+    out = imp(torch.arange(40 * 10, dtype=torch.float32).view(1, 1, 40, 10), np.random.default_rng(0))
+    assert out.shape == (1, 1, 8, 8)
+
+
+def test_resizes_antialias_by_hand():
+    """Downscaling with and without antialiasing against torch's bilinear ``interpolate``."""
+    import torch.nn.functional as F
+
+    x = torch.rand(2, 3, 16, 20, generator=torch.Generator().manual_seed(0)) * 255
+
+    def ref(size, aa):
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=aa)
+
+    assert not torch.allclose(ref((4, 5), True), ref((4, 5), False))
+    assert torch.allclose(T.resize(x, (4, 5)), ref((4, 5), True))
+    assert torch.allclose(T.Resize((4, 5))(x), ref((4, 5), True))
+    assert torch.allclose(T.Resize((4, 5), antialias=False)(x), ref((4, 5), False))
+    assert torch.allclose(T.ResizeShortSide(4)(x), ref((4, 5), True))
+    assert torch.allclose(T.ResizeShortSide(4, antialias=False)(x), ref((4, 5), False))
+    rrc = T.RandomResizedCrop((4, 5), scale=(4.0, 4.0), antialias=False)   # fallback: the whole image
+    assert torch.allclose(rrc(x, np.random.default_rng(0)), ref((4, 5), False))
+    assert torch.allclose(T.RandomResizedCrop((4, 5), scale=(4.0, 4.0))(x, np.random.default_rng(0)), ref((4, 5), True))
+    # a single frame [C, H, W] works as a one-frame clip
+    for tf in (T.ResizeShortSide(4), T.CenterCrop((3, 5)), T.MultiScaleCrop(8, scales=(0.5,)),
+               T.RandomResizedCrop(4), T.ThreeCrop(6)):
+        one = tf(x[0], np.random.default_rng(1))
+        clip = tf(x[:1], np.random.default_rng(1))
+        assert torch.equal(one, clip[:, 0] if isinstance(tf, T.ThreeCrop) else clip[0])
+    # the smallest output side is 1 pixel
+    assert T.ResizeShortSide(1)(torch.zeros(1, 3, 4, 5)).shape[-2:] == (1, 1)
+    assert T.ResizeShortSide(1)(torch.zeros(1, 3, 5, 4)).shape[-2:] == (1, 1)
+
+
+def test_three_crop_and_centre_crop_boxes_by_hand():
+    img = torch.arange(10 * 10, dtype=torch.float32).view(1, 1, 10, 10)
+    # square image, square crop 6: along the width (start, centre, end), centred in height
+    assert [c[0, 0, 0, 0].item() for c in T.ThreeCrop(6)(img)] == [2 * 10 + 0, 2 * 10 + 2, 2 * 10 + 4]
+    tall = torch.arange(16 * 8, dtype=torch.float32).view(1, 1, 16, 8)
+    crops = T.ThreeCrop(6)(tall)            # along the height, centred in width (x = 1)
+    assert crops.shape == (3, 1, 1, 6, 6)
+    assert [c[0, 0, 0, 0].item() for c in crops] == [0 * 8 + 1, 5 * 8 + 1, 10 * 8 + 1]
+    wide = torch.arange(8 * 16, dtype=torch.float32).view(1, 1, 8, 16)
+    crops = T.ThreeCrop((4, 6))(wide)       # a (h, w) = (4, 6) crop: y = 2
+    assert crops.shape == (3, 1, 1, 4, 6)
+    assert [c[0, 0, 0, 0].item() for c in crops] == [2 * 16 + 0, 2 * 16 + 5, 2 * 16 + 10]
+    cc = T.CenterCrop((4, 6))(wide)
+    assert cc.shape == (1, 1, 4, 6) and cc[0, 0, 0, 0].item() == 2 * 16 + 5
+
+
+def test_small_pieces_by_hand():
+    u8 = torch.zeros(1, 3, 2, 2, dtype=torch.uint8)
+    assert T.ToFloat()(u8).dtype == torch.float32 and repr(T.ToFloat()) == "ToFloat()"
+    f = torch.zeros(1, 3, 2, 2)
+    assert T.ToFloat()(f) is f
+    assert repr(T.Compose([T.ToFloat(), T.Resize(4)])) == "Compose(\n  ToFloat(),\n  Resize((4, 4))\n)"
+    assert T.Resize((8, 12)).size == (8, 12) and T.Resize(np.int64(5)).size == (5, 5)
+    with pytest.raises(ValueError, match=r"expected frames \[T, H, W, 3\], got \(10, 12, 3\)"):
+        T.to_clip_tensor(np.zeros((10, 12, 3), np.uint8))
+    assert T.RandomHorizontalFlip().p == 0.5 and T.RandomGrayscale().p == 0.2
+    # flips and greyscale draw from the rng given
+    clip = rand_clip(1, 4, 6).float()
+    for cls, p in ((T.RandomHorizontalFlip, 0.5), (T.RandomGrayscale, 0.5)):
+        got = [not torch.equal(cls(p)(clip, np.random.default_rng(s)), clip) for s in range(20)]
+        assert got == [np.random.default_rng(s).random() < p for s in range(20)]
+    # one-hot targets: no smoothing by default
+    assert T.one_hot_smooth(torch.tensor([2, 0]), 3).tolist() == [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]
+
+
+def test_mixup_defaults_no_mixing_and_dtypes():
+    m = T.MixupCutmix(4)
+    assert (m.mixup_alpha, m.cutmix_alpha, m.switch_prob, m.prob, m.label_smoothing) == (0.8, 1.0, 0.5, 1.0, 0.1)
+    x = torch.randint(0, 255, (3, 2, 3, 6, 6), dtype=torch.uint8)
+    y = torch.tensor([0, 1, 2])
+    for mc in (T.MixupCutmix(4, prob=0.0), T.MixupCutmix(4, mixup_alpha=0.0, cutmix_alpha=0.0)):
+        rng = np.random.default_rng(0)
+        out, _ = mc(x, y, rng)
+        assert out is x                       # untouched, not even converted
+        assert rng.random() == np.random.default_rng(0).uniform(size=2)[1]   # one draw only
+    cut = T.MixupCutmix(4, mixup_alpha=0.0, label_smoothing=0.0)
+    assert cut(x, y, np.random.default_rng(0))[0].dtype == torch.float32
+    mix = T.MixupCutmix(4, cutmix_alpha=0.0, label_smoothing=0.0)
+    assert mix(x.double(), y, np.random.default_rng(0))[0].dtype == torch.float64
+
+
+def test_cutmix_box_by_hand():
+    box = T.MixupCutmix.cutmix_box
+    # lam 0.64: sides 0.6 × (10, 20) = (6, 12), centre (5, 10): rows 2..8, columns 4..16
+    assert box(10, 20, 0.64, _FixedRng(5, 10)) == (2, 8, 4, 16)
+    # odd sides 0.7 × (10, 10) → 7: half 3 (floor), centre at the corner: clipped to 0
+    assert box(10, 10, 0.51, _FixedRng(0, 0)) == (0, 3, 0, 3)
+    assert box(10, 10, 0.51, _FixedRng(9, 9)) == (6, 10, 6, 10)
+    assert box(11, 13, 0.51, _FixedRng(4, 6)) == (1, 7, 2, 10)     # sides int(7.7) = 7, int(9.1) = 9
+    # lam near 1: a 1-pixel side (half 0): an empty box at the corner
+    assert box(10, 10, 0.99, _FixedRng(0, 0)) == (0, 0, 0, 0)

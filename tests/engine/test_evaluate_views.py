@@ -61,3 +61,29 @@ def test_each_video_aggregates_its_own_views(synth, make_config, tmp_path, aggre
     # top-1 is the argmax of those rows
     hits = sum(int(scores[r].argmax() == targets[r]) for r in range(7))
     assert res["top1"] == pytest.approx(hits / 7)
+
+
+def test_write_results_json_by_hand(tmp_path):
+    """The results file: every entry but the confusion matrix as is, the matrix as nested lists,
+    per-class accuracy keyed by class name, two-space indented JSON; the PNG only when asked."""
+    import json
+
+    import numpy as np
+
+    from vclip.engine.evaluate import write_results
+
+    conf = np.array([[2, 0], [1, 1]])
+    results = {"top1": 0.75, "num_videos": 4, "confusion": conf, "per_class_accuracy": [1.0, 0.5],
+               "per_class_count": [2, 2]}
+    path = write_results(results, tmp_path / "r.json", ["archery", "bowling"], tmp_path / "c.png")
+    expected = {"top1": 0.75, "num_videos": 4, "per_class_accuracy": [1.0, 0.5], "per_class_count": [2, 2],
+                "confusion": [[2, 0], [1, 1]],
+                "per_class": {"archery": {"accuracy": 1.0, "videos": 2}, "bowling": {"accuracy": 0.5, "videos": 2}}}
+    assert path == tmp_path / "r.json" and path.read_text() == json.dumps(expected, indent=2)
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert results["confusion"] is conf                       # the caller's dict is left as it was
+    write_results({"top1": 0.5}, tmp_path / "s.json", ["archery", "bowling"], tmp_path / "d.png")
+    assert json.loads((tmp_path / "s.json").read_text()) == {"top1": 0.5} and not (tmp_path / "d.png").exists()
+    write_results(results, tmp_path / "t.json", ["archery", "bowling"])
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["c.png"]      # no PNG without a path
+    assert json.loads((tmp_path / "t.json").read_text()) == expected

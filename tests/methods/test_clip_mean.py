@@ -64,3 +64,18 @@ def test_clip_mean_is_invariant_to_frame_order_and_xclip_is_not():
     with torch.no_grad():
         a, b = x(video, vocab).logits, x(video[:, perm], vocab).logits
     assert (a - b).abs().max() > 1e-4        # X-CLIP's temporal modules see the order
+
+
+def test_clip_mean_logits_cast_class_features_to_the_video_dtype():
+    """Class features cached in float32 score float64 (or low-precision) video features: cast to the
+    video's dtype, the product is the hand one in that dtype (not a dtype-mismatch error)."""
+    torch.set_num_threads(1)
+    m = _clip_mean()
+    g = torch.Generator().manual_seed(1)
+    video = torch.randn(2, 8, generator=g, dtype=torch.float64)
+    classes = F.normalize(torch.randn(3, 8, generator=g), dim=-1)          # float32
+    with torch.no_grad():
+        logits = m.logits(video, classes)
+        hand = float(m.clip.logit_scale.exp()) * F.normalize(video, dim=-1) @ classes.double().t()
+    assert logits.dtype == torch.float64
+    assert torch.allclose(logits, hand, atol=1e-6, rtol=0)

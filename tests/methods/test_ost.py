@@ -283,3 +283,187 @@ def test_forward_with_targets_returns_both_kl_terms_or_ce():
     with torch.no_grad():
         ce = m(video, vocab, y).losses
     assert set(ce) == {"ce"} and torch.allclose(ce["ce"], F.cross_entropy(out.logits, y), atol=1e-6)
+
+
+# ------------------------------------------------ mutation testing (issue 13): values pinned by hand
+
+def _official_file(path, per_class):
+    path.write_text(json.dumps({str(k): list(ds) for k, ds in enumerate(per_class)}))
+    return str(path)
+
+
+def test_vocabulary_descriptors_by_name_count_and_errors(tmp_path):
+    """Index-keyed official files read through ``descriptor_labels`` (classes matched by name, in the
+    run's order), kinds concatenated in ``kinds`` order, the count checked, errors naming the key."""
+    from vclip.errors import AnnotationError, ConfigError
+
+    file_names = ["archery", "bowling", "juggling", "surfing"]
+    (tmp_path / "labels.csv").write_text("id,name\n" + "".join(f"{i},{n}\n" for i, n in enumerate(file_names)))
+    sp = _official_file(tmp_path / "s.json", [[f"{n} s{i}" for i in range(2)] for n in file_names])
+    te = _official_file(tmp_path / "t.json", [[f"{n} t{i}" for i in range(2)] for n in file_names])
+    opts = {"spatial_descriptors": sp, "temporal_descriptors": te, "num_descriptors": 2,
+            "descriptor_labels": str(tmp_path / "labels.csv")}
+    got = OST.vocabulary_descriptors(opts, ["surfing", "archery"])
+    assert got == (("surfing s0", "surfing s1", "surfing t0", "surfing t1"),
+                   ("archery s0", "archery s1", "archery t0", "archery t1"))
+    assert OST.vocabulary_descriptors({**opts, "kinds": ["temporal", "spatial"]}, ["bowling"]) == \
+        (("bowling t0", "bowling t1", "bowling s0", "bowling s1"),)
+    with pytest.raises(AnnotationError):                       # 2 descriptors per class, not 3
+        OST.vocabulary_descriptors({**opts, "num_descriptors": 3}, ["surfing"])
+    with pytest.raises(ConfigError, match=r"^model\.options\.descriptor_labels: .*nope\.csv"):
+        OST.vocabulary_descriptors({**opts, "descriptor_labels": str(tmp_path / "nope.csv")}, ["surfing"])
+    for kind, tool in (("spatial", "ost-spatio"), ("temporal", "ost-temporal")):
+        with pytest.raises(ConfigError, match=rf"^model\.options\.{kind}_descriptors: not set \(a descriptor file "
+                                              rf"written by `vclip describe --kind {tool}` or an official OST JSON\)$"):
+            OST.vocabulary_descriptors({**opts, f"{kind}_descriptors": None}, ["surfing"])
+
+
+def test_example_vocabulary_has_the_descriptor_count_of_the_options():
+    v = OST.example_vocabulary(2, {"num_descriptors": 3, "kinds": ["temporal"]})
+    assert v.class_names == ("class 0", "class 1") and v.templates == OST.default_templates
+    assert v.descriptors == (tuple(f"class 0 descriptor {i}" for i in range(3)),
+                             tuple(f"class 1 descriptor {i}" for i in range(3)))
+    assert len(OST.example_vocabulary(1).descriptors[0]) == 8          # default: 4 per kind, 2 kinds
+
+
+def test_losses_routes_and_arguments_by_hand():
+    """``loss="ce"`` and soft targets: cross-entropy with the smoothing given (none by default); an
+    output without the frame/class features: the KL over the local logits' columns, with the
+    configured target scale; ``decay_all_parameters`` decays what the base rule does not."""
+    from vclip.methods.base import MethodOutput
+    from vclip.methods.ost import kl_batch_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 3) * 3
+    y = torch.tensor([0, 2, 2, 1])
+    out = MethodOutput(logits)
+    ce = _tiny_ost(loss="ce")
+    assert torch.allclose(ce.losses(out, y)["ce"], F.cross_entropy(logits, y))
+    assert torch.allclose(ce.losses(out, y, 0.2)["ce"], F.cross_entropy(logits, y, label_smoothing=0.2))
+    soft = torch.softmax(torch.randn(4, 3), 1)
+    kl = _tiny_ost(kl_target_scale=4.0)
+    assert torch.allclose(kl.losses(out, soft)["ce"], -(soft * F.log_softmax(logits, 1)).sum(1).mean())
+    ref = kl_batch_loss(logits[:, y], y, 4.0)
+    assert not torch.allclose(ref["kl_v2t"], kl_batch_loss(logits[:, y], y)["kl_v2t"])
+    for o in (out, MethodOutput(logits, aux={"frame_features": torch.randn(4, 4, 8)})):
+        got = kl.losses(o, y)
+        assert set(got) == {"kl_v2t", "kl_t2v"}
+        for k in ref:
+            assert torch.allclose(got[k], ref[k])
+    assert kl_contrastive_loss(logits, y, 4.0)["kl_t2v"] == ref["kl_t2v"]
+    bias = torch.zeros(8)
+    assert _tiny_ost(decay_all_parameters=True).decays("clip.visual.ln_post.bias", bias) is True
+    assert _tiny_ost().decays("clip.visual.ln_post.bias", bias) is False
+
+
+def test_options_boundaries_and_messages():
+    from vclip.errors import ConfigError
+
+    ok = OST.parse_options({"num_descriptors": 1, "eps": 1e-3, "max_iter": 1, "check_every": 0, "wise_ratio": 0.0})
+    assert (ok.num_descriptors, ok.max_iter, ok.check_every) == (1, 1, 0)
+    assert OST.parse_options({"wise_ratio": 1.0}).wise_ratio == 1.0
+    bad = [
+        ({"kinds": ["spatial", "motion"]}, r"^model\.options\.kinds: unknown kind 'motion' \(known: spatial, temporal\)$"),
+        ({"kinds": []}, r"^model\.options\.kinds: expected one or both of \('spatial', 'temporal'\), got \[\]$"),
+        ({"kinds": ["spatial", "spatial"]}, r"^model\.options\.kinds: expected one or both"),
+        ({"num_descriptors": 0}, r"^model\.options\.num_descriptors: must be >= 1, got 0$"),
+        ({"temporal_template": "A video of {class_name}"},
+         r"^model\.options\.temporal_template: 'A video of \{class_name\}' must contain \{descriptor\} and may "
+         r"contain \{class_name\}, nothing else in braces$"),
+        ({"eps": 0.0}, r"^model\.options\.eps: must be > 0, got 0\.0$"),
+        ({"max_iter": 0}, r"^model\.options\.max_iter must be >= 1 and model\.options\.check_every >= 0$"),
+        ({"check_every": -1}, r"^model\.options\.max_iter must be >= 1 and model\.options\.check_every >= 0$"),
+        ({"wise_ratio": 1.5}, r"^model\.options\.wise_ratio: must be in \[0, 1\], got 1\.5$"),
+    ]
+    for options, msg in bad:
+        with pytest.raises(ConfigError, match=msg):
+            OST.parse_options(options)
+
+
+def test_construction_split_messages_and_normalised_descriptors():
+    m = _tiny_ost(freeze_token_embedding=True)
+    assert m.num_frames == 4 and not m.clip.text.token_embedding.weight.requires_grad
+    assert _tiny_ost().clip.text.token_embedding.weight.requires_grad
+    from vclip.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^OST needs descriptors: set model\.options\.spatial_descriptors / "
+                                          r"temporal_descriptors \(or build the Vocabulary with descriptors=\.\.\.\)$"):
+        m.encode_vocabulary(Vocabulary(("a",)))
+    with pytest.raises(ConfigError, match=r"^OST: class 'a' has 3 descriptors; expected 2 per kind for kinds "
+                                          r"\['spatial', 'temporal'\] \(4 in all, kinds in that order\)$"):
+        m.encode_vocabulary(Vocabulary(("a",), descriptors=[("x", "y", "z")]))
+    with torch.no_grad():
+        cf = m.encode_vocabulary(Vocabulary(("a", "b"), descriptors=[("x", "y", "p", "q"), ("u", "v", "r", "s")]))
+    for kind in ("spatial", "temporal"):
+        assert cf[kind].shape[:2] == (2, 2)
+        assert torch.allclose(cf[kind].norm(dim=-1), torch.ones(2, 2), atol=1e-6)    # each descriptor a unit vector
+
+
+def test_solver_options_and_class_name_term_reach_the_logits():
+    """The solver options reach ``od_scores`` (bitwise the same call), the official fusion is
+    ½ Σ_kinds (OT + pool), and ``class_name_weight`` adds w · cos(mean frame, class-name prompt)."""
+    opts = dict(eps=0.2, max_iter=7, tol=0.2, stopping="per_problem", check_every=1, domain="log",
+                class_name_weight=0.5)
+    torch.manual_seed(0)
+    m = _tiny_ost(**opts).eval()
+    vocab = Vocabulary(("a", "b", "c"), descriptors=[("x", "y", "step one", "step two"), ("p", "q", "r", "s"),
+                                                     ("jump", "run", "fall", "stand")])
+    torch.manual_seed(0)
+    video = torch.randn(2, 4, 3, 32, 32)
+    with torch.no_grad():
+        feats, cf = m.encode_video(video), m.class_features(vocab)
+        assert torch.allclose(cf["names"], m.encode_prompt_ensemble(vocab))
+        kw = {k: opts[k] for k in ("eps", "max_iter", "tol", "stopping", "check_every", "domain")}
+        total = sum(od_scores(feats, cf[k], **kw) + pooled_scores(feats, cf[k]) for k in ("spatial", "temporal"))
+        v = F.normalize(feats.float().mean(dim=1), dim=-1)
+        hand = m.clip.logit_scale.exp() * (0.5 * total + 0.5 * v @ cf["names"].t())
+        got = m.logits(feats, cf)
+    assert torch.allclose(got, hand.float(), atol=1e-5, rtol=0)
+    # each option matters in these settings: its default gives other logits (not checked:
+    # check_every, which only sets when the host looks at the on-device stop flag, and stopping,
+    # whose two rules differ here by one float32 ulp at most)
+    for key, default, setting in (("eps", 0.1, {}), ("tol", 1e-2, {}), ("domain", "auto", {}),
+                                  ("max_iter", 100, {"max_iter": 1, "tol": 1e-9})):
+        for k, v in {**opts, **setting}.items():
+            setattr(m.options, k, v)
+        with torch.no_grad():
+            ref = m.logits(feats, cf)
+            setattr(m.options, key, default)
+            assert not torch.equal(m.logits(feats, cf), ref), key
+
+
+def test_global_kl_uses_the_target_scale():
+    from vclip.methods.ost import kl_batch_loss
+
+    m = _tiny_ost(kl_target_scale=4.0).eval()
+    vocab = Vocabulary(("a", "b", "c"), descriptors=[("x", "y", "step one", "step two")] * 3)
+    torch.manual_seed(0)
+    video = torch.randn(3, 4, 3, 32, 32)
+    y = torch.tensor([0, 2, 2])
+    with torch.no_grad():
+        out = m(video, vocab, y)
+        square = m.logits(m.encode_video(video), {k: v[y] for k, v in m.class_features(vocab).items()})
+    for k, ref in kl_batch_loss(square, y, 4.0).items():
+        assert torch.equal(out.losses[k], ref)
+
+
+def test_apply_wise_blends_every_parameter_and_names_missing_keys(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from vclip.errors import ConfigError
+
+    m = _tiny_ost()
+    own = {k: v.clone() for k, v in m.state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    ft = {k: torch.randn(v.shape, generator=g) for k, v in own.items()}
+    monkeypatch.setattr("vclip.methods.wise.load_state", lambda path: ft)
+    with caplog.at_level(logging.INFO, logger="vclip.methods.ost"):
+        m.apply_wise("ft-ckpt", 0.25)
+    for k, v in m.state_dict().items():
+        assert torch.allclose(v, 0.25 * own[k] + 0.75 * ft[k], atol=1e-6), k
+    assert "WiSE-FT: ft-ckpt blended with the initial weights, 0.25 initial / 0.75 fine-tuned" in caplog.messages
+    keys = list(own)
+    monkeypatch.setattr("vclip.methods.wise.load_state", lambda path: {k: ft[k] for k in keys[3:]})
+    with pytest.raises(ConfigError, match=rf"^model\.options\.wise_checkpoint: ft-ckpt lacks {keys[0]} \(and 2 more\): "
+                                          r"not a checkpoint of this model$"):
+        m.apply_wise("ft-ckpt", 0.25)

@@ -218,3 +218,90 @@ def test_sinkhorn_arguments_bounds_and_messages():
     _, glob = sinkhorn(cost, return_iters=True)
     _, fixed = sinkhorn(cost, stopping="none", max_iter=7, return_iters=True)
     assert per.shape == (3,) and glob.shape == () and int(fixed) == 7
+
+
+# ------------------------------------------------ mutation testing (issue 13): the OD solver pinned
+
+def test_solver_defaults_are_the_official_values():
+    import inspect
+
+    from vclip.methods.od_solver import sinkhorn
+
+    for fn in (sinkhorn, od_scores, od_logits):
+        p = inspect.signature(fn).parameters
+        assert (p["eps"].default, p["max_iter"].default, p["tol"].default, p["stopping"].default,
+                p["check_every"].default, p["domain"].default) == (0.1, 100, 1e-2, "global", 10, "auto"), fn
+
+
+def test_stopping_none_runs_every_iteration_unmasked():
+    """``stopping="none"``: exactly ``max_iter`` iterations, the plan of the masked rule that never
+    converges (tol 0)."""
+    from vclip.methods.od_solver import sinkhorn
+
+    cost = torch.rand(3, 4, 5, generator=torch.Generator().manual_seed(0))
+    for domain in ("log", "scaling"):
+        plan, iters = sinkhorn(cost, eps=0.2, max_iter=6, stopping="none", domain=domain, return_iters=True)
+        assert int(iters) == 6
+        ref = sinkhorn(cost, eps=0.2, max_iter=6, tol=0.0, domain=domain)
+        assert torch.equal(plan, ref)
+        assert not torch.equal(plan, sinkhorn(cost, eps=0.2, max_iter=5, tol=0.0, domain=domain))
+
+
+def test_log_domain_plan_ignores_a_constant_cost_shift_per_problem():
+    """A constant added to one problem's cost leaves its plan unchanged — also when the problems of
+    a batch sit far apart (the log-sum-exp is shifted per row, not by the batch maximum)."""
+    from vclip.methods.od_solver import sinkhorn
+
+    cost = torch.rand(1, 4, 5, generator=torch.Generator().manual_seed(1))
+    batch = torch.cat([cost, cost + 1.5])
+    plan = sinkhorn(batch, eps=0.01, max_iter=50, domain="log")
+    assert torch.allclose(plan[1], plan[0], atol=1e-4)     # fp32: cost + 1.5 keeps fewer bits
+    assert torch.allclose(plan[0], sinkhorn(cost, eps=0.01, max_iter=50, domain="log")[0], atol=1e-6)
+
+
+def test_descriptor_dtype_shapes_and_renormalised_pool_by_hand():
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randn(2, 3, 8, generator=g, dtype=torch.float64)
+    shared = torch.randn(4, 2, 8, generator=g)                      # float32 [K, N, E]
+    per_video = torch.randn(2, 4, 2, 8, generator=g)                # float32 [B, K, N, E]
+    for d in (shared, per_video):                                   # cast to the frames' dtype
+        assert torch.allclose(od_scores(frames, d), od_scores(frames, d.double()), atol=1e-6)
+    with pytest.raises(ValueError, match=r"^descriptor features must be \[K, N, E\] or \[B, K, N, E\], got \(4, 8\)$"):
+        od_scores(frames, shared[:, 0])
+    # renormalised pool with per-video descriptors: cos(mean unit frame, mean unit descriptor)
+    got = pooled_scores(frames, per_video, renormalize=True)
+    v = F.normalize(frames.float(), dim=-1).mean(1)
+    for b in range(2):
+        for k in range(4):
+            d = F.normalize(per_video[b, k], dim=-1).mean(0)
+            assert abs(float(got[b, k]) - float(F.cosine_similarity(v[b], d, dim=0))) < 1e-6
+
+
+def test_auto_domain_at_small_eps_is_the_log_domain():
+    """Costs spanning 2 at ε = 0.005 (span/ε = 400, far past the scaling domain's range): "auto"
+    must take the log domain — the same plan bit for bit, finite — for given and measured spans."""
+    from vclip.methods.od_solver import sinkhorn
+
+    cost = torch.rand(3, 4, 5, generator=torch.Generator().manual_seed(2)) * 2.0
+    ref = sinkhorn(cost, eps=0.005, domain="log")
+    assert torch.isfinite(ref).all()
+    assert torch.equal(sinkhorn(cost, eps=0.005), ref)
+    assert torch.equal(sinkhorn(cost, eps=0.005, max_cost_span=2.0), ref)
+    # od_scores on unnormalised features measures the span (it is not the 2 of unit vectors)
+    g = torch.Generator().manual_seed(3)
+    frames, desc = torch.randn(2, 3, 8, generator=g) * 3, torch.randn(4, 2, 8, generator=g) * 3
+    s = od_scores(frames, desc, eps=0.05, normalize=False)
+    assert torch.isfinite(s).all()
+    assert torch.equal(s, od_scores(frames, desc, eps=0.05, normalize=False, domain="log"))
+
+
+def test_od_logits_passes_the_solver_options():
+    g = torch.Generator().manual_seed(4)
+    frames, desc = torch.randn(2, 3, 8, generator=g), torch.randn(4, 2, 8, generator=g)
+    kw = dict(eps=0.3, max_iter=2, tol=1e-9, stopping="per_problem", check_every=1, domain="log")
+    got = od_logits(frames, desc, 2.0, pooled=False, **kw)
+    assert torch.equal(got, od_scores(frames, desc, **kw) * 2.0)
+    for key, default in (("eps", 0.1), ("max_iter", 100), ("domain", "auto")):
+        assert not torch.equal(got, od_logits(frames, desc, 2.0, pooled=False, **{**kw, key: default})), key

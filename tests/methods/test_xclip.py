@@ -403,3 +403,93 @@ def test_every_xclip_config_loads():
         assert cfg.model.method == "xclip" and cfg.model.templates == ["{}"]
         assert cfg.train.betas == [0.9, 0.98] and cfg.train.weight_decay == 0.001 and cfg.train.lr_mult_new == 10
         assert (cfg.eval.num_clips, cfg.eval.num_crops) == (4, 3)
+
+
+# ------------------------------------------------ mutation testing (issue 13): values pinned by hand
+
+def test_cross_frame_messages_by_hand():
+    """The message tokens of block i computed by hand from the hook's modules: T from the forward
+    state when it says, else the hook's own ``num_frames``; frames not a multiple of T refused."""
+    from vclip.backbone.hooks import ForwardState
+
+    torch.set_num_threads(1)
+    m = random_xclip(num_frames=4)
+    x = torch.randn(8, 5, 128, generator=torch.Generator().manual_seed(0))
+
+    def by_hand(t, i=1):
+        msg = m.message_fc[i](x[:, 0]).view(8 // t, t, 128)
+        return (msg + m.message_attn[i](m.message_ln[i](msg))[0]).reshape(8, 1, 128)
+
+    with torch.no_grad():
+        assert not torch.allclose(by_hand(2), by_hand(4), atol=1e-3)
+        hook = m.cross_frame_hook(2)
+        assert hook.num_frames == 2 and m.cross_frame_hook().num_frames == 4
+        torch.testing.assert_close(hook.extra_tokens(1, x, None), by_hand(2))
+        torch.testing.assert_close(hook.extra_tokens(1, x, ForwardState()), by_hand(2))
+        torch.testing.assert_close(hook.extra_tokens(1, x, ForwardState(extras={"num_frames": 4})), by_hand(4))
+        with pytest.raises(ValueError, match="8 frames in the batch are not a whole number of 3-frame videos"):
+            m.cross_frame_hook(3).extra_tokens(0, x, None)
+
+
+def test_video_shape_and_mit_frame_errors():
+    m = random_xclip(num_frames=4)
+    with pytest.raises(ValueError, match=r"expected video \[B, T, 3, H, W\], got shape \(4, 3, 32, 32\)"):
+        m.encode_video(torch.zeros(4, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"built for 4 frames, got 3; load the weights with num_frames=3 "):
+        m.mit(torch.zeros(2, 3, 64))
+
+
+def test_added_modules_keep_the_autocast_dtype():
+    """Under bfloat16 autocast the float32 position embedding and α are cast to the activations'
+    dtype: the MIT and the prompt generator return bfloat16 (not float32 by type promotion)."""
+    m = random_xclip(num_frames=4)
+    frames = torch.randn(2, 4, 64).bfloat16()
+    text, visual = torch.randn(2, 3, 64).bfloat16(), torch.randn(2, 5, 64).bfloat16()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert m.mit(frames).dtype == torch.bfloat16
+        assert m.prompts_generator(text, visual).dtype == torch.bfloat16
+
+
+def test_module_defaults_initialisation_and_validation():
+    from vclip.methods.xclip import CrossAttention, MultiframeIntegrationTransformer, VideoSpecificPrompt, default_heads
+
+    assert [default_heads(d) for d in (32, 64, 127, 128, 768)] == [1, 1, 1, 2, 12]
+    torch.manual_seed(0)
+    mit = MultiframeIntegrationTransformer(32, 512)
+    assert len(mit.resblocks) == 1 and mit.resblocks[0].attn.heads == 8
+    assert float(mit.positional_embedding.detach().std()) == pytest.approx(0.02, rel=0.1)
+    vsp = VideoSpecificPrompt(256)
+    assert len(vsp.decoder) == 2 and torch.all(vsp.alpha == 0.1)
+    w = torch.cat([m.weight.detach().flatten() for m in vsp.modules() if isinstance(m, torch.nn.Linear)])
+    assert float(w.std()) == pytest.approx(0.02, rel=0.1)
+    with pytest.raises(ValueError, match="^prompt generator: dim 64 is not divisible by 3 heads$"):
+        CrossAttention(64, 3)
+    # no prompt layers is allowed (the text features are then the raw ones); no MIT layer is not
+    m = XCLIP(CLIP(tiny64()), num_frames=4, options=XCLIPOptions(prompt_layers=0))
+    assert len(m.prompts_generator.decoder) == 0 and m.prompt_heads == 1
+    with pytest.raises(ValueError, match=r"^X-CLIP needs mit_layers >= 1 and prompt_layers >= 0, got 0, 2$"):
+        XCLIP(CLIP(tiny64()), num_frames=4, options=XCLIPOptions(mit_layers=0))
+    with pytest.raises(ValueError, match=r"got 1, -1$"):
+        XCLIP(CLIP(tiny64()), num_frames=4, options=XCLIPOptions(prompt_layers=-1))
+
+
+def test_added_layer_norms_use_the_backbone_eps():
+    import dataclasses
+
+    cfg = dataclasses.replace(tiny64(), layer_norm_eps=1e-6)
+    m = XCLIP(CLIP(cfg), num_frames=4)
+    assert m.message_ln[0].eps == 1e-6 and m.prompts_visual_ln.eps == 1e-6
+
+
+def test_class_features_are_cast_to_the_model_dtype():
+    """Class features cached in float32 scored by a float64 model: cast, the logits are those of
+    float64 class features."""
+    torch.set_num_threads(1)
+    m = random_xclip().double()
+    video = torch.randn(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    cf = torch.randn(len(NAMES), 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        feats = m.encode_video(video)
+        got = m.logits(feats, cf)
+        ref = m.logits(feats, cf.double())
+    assert got.dtype == torch.float64 and torch.allclose(got, ref, atol=1e-12, rtol=0)

@@ -455,10 +455,13 @@ class RandomGrayscale:
 
 class Normalize:
     """``(x - mean) / std`` per channel, constants on the 0-255 scale; ``preset`` is a key of
-    :data:`NORM_PRESETS` ("imagenet" | "clip") or pass ``mean``/``std``. Works on ``[..., 3, H, W]``."""
+    :data:`NORM_PRESETS` ("imagenet" | "clip") or pass both ``mean`` and ``std``. Works on ``[..., 3, H, W]``."""
 
     def __init__(self, preset: str | None = "imagenet", mean=None, std=None):
-        if mean is None or std is None:
+        if (mean is None) != (std is None):
+            raise ConfigError("Normalize: give both mean and std (or neither, for the preset), "
+                              f"got mean={mean!r}, std={std!r}")
+        if mean is None:
             if preset not in NORM_PRESETS:
                 raise ConfigError(f"normalisation preset must be one of {list(NORM_PRESETS)}, got {preset!r}")
             mean, std = NORM_PRESETS[preset]
