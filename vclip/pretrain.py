@@ -10,10 +10,11 @@ at log 100),
 
 where a caption that occurs twice in a batch makes both pairs positives (the target of row i is
 uniform over the frames whose caption equals caption i, so a repeated caption is never pushed away
-from its own frame). A fraction ``hard_batches`` of the steps draws its batch from single-object
+from its own frame). A fraction ``hard_batches`` (default 0: off) of the steps draws its batch from single-object
 frames that share colour, size and texture: there only shape and position tell the captions apart,
 so the loss cannot be lowered by the easy, pixel-wise attributes alone (in random batches almost
-every pair differs in colour, and shape is left unlearned). With AdamW (β = 0.9, 0.98, ε = 1e-6,
+every pair differs in colour). Measured, it moves shape by 2-3 points at the cost of size and
+texture (docs/suite.md, "Pretraining"), hence off by default. With AdamW (β = 0.9, 0.98, ε = 1e-6,
 weight decay 0.1 on matrices only), a linear warm-up over the
 first 10 % of the steps and a cosine decay to 0. No augmentation: a flip would change the position
 words. Frames are normalised as vclip's video pipeline does by default (``data.normalize:
