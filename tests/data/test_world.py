@@ -186,3 +186,28 @@ def test_ost_descriptor_files_cover_every_dataset_by_name(tiny_world):
     assert "red circle" in sp[0] and "right" in tp[0] and tp[0].index("right") < tp[0].index("left")
     # the backward member's stages are the forward member's in reverse order
     assert W.ost_descriptors("red circle moving right")[1][0].startswith("it starts on the left")
+
+
+def test_more_pretraining_frames(tiny_world, tmp_path):
+    """`--pretrain-frames N`: N still training frames instead of the size's; frame i is the same
+    frame as in the size's own world (so a bigger set extends the smaller one); the videos are
+    unchanged; a folder holding another frame count is refused."""
+    from vclip.cli import main
+
+    out = tmp_path / "w"
+    assert main(["data", "world", str(out), "--size", "tiny", "--workers", "1", "--quiet",
+                 "--pretrain-frames", "650"]) == 0
+    a, b = np.load(tiny_world / "frames.npy"), np.load(out / "frames.npy")
+    ea = [json.loads(x) for x in (tiny_world / "frames.jsonl").read_text().splitlines()]
+    eb = [json.loads(x) for x in (out / "frames.jsonl").read_text().splitlines()]
+    n_train = sum(e["split"] == "train" for e in ea)
+    assert sum(e["split"] == "train" for e in eb) == 650 and len(eb) == 650 + len(ea) - n_train
+    assert np.array_equal(a[:n_train], b[:n_train]) and ea[:n_train] == eb[:n_train]
+    assert json.loads((out / "manifest.json").read_text())["counts"]["frames_train"] == 650
+    assert (out / "k400" / "train.txt").read_text() == (tiny_world / "k400" / "train.txt").read_text()
+    from vclip.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="pretraining frames"):
+        W.generate_world(out, size="tiny", seed=0)
+    with pytest.raises(ConfigError, match="pretrain-frames"):
+        W.generate_world(tmp_path / "x", size="tiny", pretrain_frames=0)

@@ -552,19 +552,28 @@ def _base_novel(ds_units: list[list[int]], classes: list[str], seed: int, name: 
     return base, novel
 
 
-def generate_world(out_dir, size: str = "quick", workers: int = 1, seed: int = 0, progress: bool = False) -> dict:
+def generate_world(out_dir, size: str = "quick", workers: int = 1, seed: int = 0, progress: bool = False,
+                   pretrain_frames: int | None = None) -> dict:
     """Write the world under ``out_dir`` (see the module docstring); returns a summary (counts,
-    bytes, seconds, paths). The files depend on ``(size, seed)`` only, never on ``workers``."""
+    bytes, seconds, paths). The files depend on ``(size, seed, pretrain_frames)`` only, never on
+    ``workers``. ``pretrain_frames``: the number of still training frames for pretraining instead
+    of the size's (frame i is the same in every world of that seed; the test frames follow them)."""
     if size not in WORLD_SIZES:
         raise ConfigError(f"world size must be one of {', '.join(WORLD_SIZES)}, got {size!r}")
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
-    cfg = WORLD_SIZES[size]
+    cfg = dict(WORLD_SIZES[size])
+    if pretrain_frames is not None:
+        if pretrain_frames < 1:
+            raise ConfigError(f"--pretrain-frames must be >= 1, got {pretrain_frames}")
+        cfg["frames_train"] = int(pretrain_frames)
     out = Path(out_dir)
     if (out / "manifest.json").exists():
         old = json.loads((out / "manifest.json").read_text())
-        if old.get("seed") != seed or old.get("size") != size:
-            raise ConfigError(f"{out}: holds a world of size {old.get('size')!r} seed {old.get('seed')}; "
+        if old.get("seed") != seed or old.get("size") != size or \
+                (old.get("config") or {}).get("frames_train", cfg["frames_train"]) != cfg["frames_train"]:
+            raise ConfigError(f"{out}: holds a world of size {old.get('size')!r} seed {old.get('seed')} with "
+                              f"{(old.get('config') or {}).get('frames_train')} pretraining frames; "
                               "choose an empty folder")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -768,7 +777,8 @@ def _spec_yaml(info: dict) -> str:
 
 # ------------------------------------------------------------------------------------- CLI
 def _cmd_world(args) -> int:
-    s = generate_world(args.out, size=args.size, workers=args.workers, seed=args.seed, progress=not args.quiet)
+    s = generate_world(args.out, size=args.size, workers=args.workers, seed=args.seed, progress=not args.quiet,
+                       pretrain_frames=args.pretrain_frames)
     c = s["counts"]
     print(f"wrote the world ({args.size}, seed {args.seed}) to {s['out']}: {s['videos']} videos "
           f"(k400 {c['k400_classes']} classes, ucf101 {c['ucf101_classes']}, hmdb51 {c['hmdb51_classes']}, "
@@ -787,5 +797,7 @@ def register_cli(data_subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="parallel processes (default: min(4, CPUs)); the files do not depend on it")
+    p.add_argument("--pretrain-frames", type=int, default=None, metavar="N",
+                   help="still training frames for `vclip pretrain` (default: the size's, 8000 for default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_world)
