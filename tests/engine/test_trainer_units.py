@@ -6,12 +6,14 @@ training summary. Written against the mutants the integration tests let survive 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -530,3 +532,211 @@ def test_save_errors(tmp_path, monkeypatch):
     run.dist = SimpleNamespace(is_main=False, rank=1, world_size=2)
     with pytest.raises(CheckpointError, match=r"^process 0 could not save the checkpoint \(see its error\)$"):
         run._save(1, 0)
+
+
+# --------------------------------------------------------------------------- _train_epoch / _micro_step on fakes
+
+
+class _Sampler:
+    def __init__(self):
+        self.calls = []
+
+    def set_epoch(self, epoch):
+        self.calls.append(("set_epoch", epoch))
+
+    def skip_first(self, n):
+        self.calls.append(("skip_first", n))
+
+
+class _Loader(list):
+    def __init__(self, batches):
+        super().__init__(batches)
+        self.sampler = _Sampler()
+
+
+class _Progress(_Logger):
+    def __init__(self):
+        super().__init__()
+        self.bars = []
+
+    def progress(self, loader, total, desc):
+        self.bars.append((total, desc))
+        return loader
+
+
+class _Quadratic(torch.nn.Module):
+    """loss "ce" = mean((w · x − y)²) of a batch, "aux" = 0.5 (weighted 0 by default: logged, not
+    optimised)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor([0.5, -0.25]))
+        self.calls = []
+
+    def forward(self, video, vocab, targets, label_smoothing):
+        self.calls.append((video.shape[0], vocab, label_smoothing, self.training))
+        ce = ((video @ self.w - targets.float()) ** 2).mean()
+        return SimpleNamespace(losses={"ce": ce, "aux": torch.tensor(0.5)})
+
+
+def _batches(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [{"video": torch.randn(2, 2, generator=g), "label": torch.randint(0, 3, (2,), generator=g)}
+            for _ in range(n)]
+
+
+def _epoch_run(batches, accum=2, total=3, save_every=2, log_every=2, per_epoch=None):
+    method = _Quadratic()
+    opt = torch.optim.SGD(method.parameters(), lr=0.1)
+    t = SimpleNamespace(accum_steps=accum, log_every=log_every, save_every=save_every, seed=5, clip_grad=None,
+                        max_nonfinite_skips=0)
+    cfg = SimpleNamespace(train=t, data=SimpleNamespace(batch_size=2, aug=SimpleNamespace(label_smoothing=0.1)),
+                          run_dir=Path("/runs/r"))
+    per_epoch = per_epoch or len(batches)
+    run = _run(cfg=cfg, method=method, model=method, forward=method, optimizer=opt,
+               scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+               scaler=torch.amp.GradScaler("cpu", enabled=False), device=torch.device("cpu"),
+               dist=SimpleNamespace(rank=0, world_size=1), mix=None, vocab="vocab", amp_dtype=None,
+               loss_weights={"ce": 1.0, "aux": 0.0}, step=0, _finite=None, _checked_step=0, signal=None,
+               _stop=False, check_every=1, nonfinite_skips=0, ckpts=_Ckpts(), logger=_Progress(),
+               plan=_Plan(per_epoch, per_epoch // accum, total, 2, 0), loader=_Loader(batches))
+    run.saves = []
+    run._save = lambda epoch, micro, metric=None: run.saves.append((epoch, micro))
+    grads = []
+    real_step = run._optimizer_step
+
+    def step(losses, check=True):
+        grads.append(method.w.grad.detach().clone())
+        return real_step(losses, check)
+
+    run._optimizer_step = step
+    return run, grads
+
+
+def test_train_epoch_accumulates_logs_saves_and_stops():
+    batches = _batches(6)
+    run, grads = _epoch_run(batches)
+    w0 = run.method.w.detach().clone()
+    run.method.eval()
+    assert run._train_epoch(1, 0) is True  # the run's last step (3 of 3) done
+    assert run.loader.sampler.calls == [("set_epoch", 1)]
+    assert run.logger.bars == [(6, "epoch 2/2")]
+    assert run.method.calls == [(2, "vocab", 0.1, True)] * 6  # train mode, the configured smoothing
+    assert run.step == 3 and run.saves == [(1, 4)]  # step 2 at micro-batch 4 of 6; step 3 ends the epoch
+    # each step's gradient: the mean of its two micro-batches' gradients (not their sum)
+    w = w0.clone().requires_grad_(True)
+    losses = []
+    for s in range(3):
+        per_micro = []
+        for b in batches[2 * s: 2 * s + 2]:
+            ce = ((b["video"] @ w - b["label"].float()) ** 2).mean()
+            per_micro.append((torch.autograd.grad(ce, w)[0], float(ce.detach())))
+        want = (per_micro[0][0] + per_micro[1][0]) / 2
+        torch.testing.assert_close(grads[s], want)
+        losses.append((per_micro[0][1] + per_micro[1][1]) / 2)
+        with torch.no_grad():
+            w -= 0.1 * want
+    logged = run.logger.calls
+    assert [(s, v["epoch"], v["lr"]) for s, v in logged] == [(2, 1 + 4 / 6, 0.1), (3, 2.0, 0.1)]
+    for (s, v), want in zip(logged, losses[1:]):
+        assert v["loss"] == pytest.approx(want, rel=1e-6) and v["ce"] == pytest.approx(want, rel=1e-6)
+        assert v["aux"] == pytest.approx(0.5) and set(v) == {"epoch", "lr", "loss", "ce", "aux"}
+
+
+def test_train_epoch_resumes_mid_epoch_and_stops_on_a_signal():
+    run, _ = _epoch_run(_batches(4), total=10, save_every=None, per_epoch=8)
+    assert run._train_epoch(0, 4) is False  # micro-batches 5–8 of 8: two steps, the run goes on
+    assert run.loader.sampler.calls == [("set_epoch", 0), ("skip_first", 8)]
+    assert run.logger.bars == [(4, "epoch 1/2")] and run.step == 2 and run.saves == []
+    run, _ = _epoch_run(_batches(4), total=10, save_every=None, per_epoch=8)
+    run.signal = signal.SIGTERM
+    with pytest.raises(TrainingInterrupted):
+        run._train_epoch(0, 0)  # the first step agrees to stop: saved there, then interrupted
+    assert run.step == 1 and run.saves == [(0, 2)]
+
+
+class _Features(_Quadratic):
+    """A method with a cached text side (``class_features``) and a switch for a trained one."""
+
+    def __init__(self, trainable):
+        super().__init__()
+        self.trainable = trainable
+
+    def text_trainable(self):
+        return self.trainable
+
+    def class_features(self, vocab):
+        return ("features of", vocab)
+
+    def forward(self, video, vocab, targets, label_smoothing):
+        self.autocast = (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))
+        return super().forward(video, vocab, targets, label_smoothing)
+
+
+class _NoSyncDDP(_FakeDDP):
+    def __init__(self):
+        super().__init__()
+        self.no_syncs = 0
+
+    def no_sync(self):
+        self.no_syncs += 1
+        return contextlib.nullcontext()
+
+
+def test_micro_step_mixup_text_side_autocast_and_no_sync():
+    batch = _batches(1)[0]
+    # Mixup: drawn from a generator seeded by (seed, epoch, micro-batch, rank); no label smoothing on top
+    run, _ = _epoch_run([batch])
+    run.dist = SimpleNamespace(rank=3, world_size=4)
+    seen = []
+
+    def mix(video, labels, rng):
+        seen.append((video, labels, rng.random()))
+        return video * 2, labels.float() * 0.5  # stand-ins for mixed video and soft targets
+
+    run.mix = mix
+    terms = run._micro_step(batch, 7, 11, sync=True)
+    assert len(seen) == 1 and seen[0][0] is not None and torch.equal(seen[0][1], batch["label"])
+    assert seen[0][2] == np.random.default_rng([5, 7, 11, 3]).random()
+    assert run.method.calls[-1][2] == 0.0  # Mixup's soft targets carry the smoothing
+    want = float(((batch["video"] * 2 @ run.method.w.detach() - batch["label"].float() * 0.5) ** 2).mean())
+    assert float(terms["loss"]) == pytest.approx(want, rel=1e-6) and set(terms) == {"loss", "ce", "aux"}
+    # a frozen text side: the cached class features go into the forward; a trained one: the vocabulary
+    for trainable, vocab in ((False, ("features of", "vocab")), (True, "vocab")):
+        run, _ = _epoch_run([batch])
+        run.method = run.forward = _Features(trainable)
+        run.optimizer = torch.optim.SGD(run.method.parameters(), lr=0.1)
+        run._micro_step(batch, 0, 0, sync=True)
+        assert run.method.calls[-1][1] == vocab and run.method.autocast == (False, torch.float32)
+    run.amp_dtype = torch.bfloat16
+    run._micro_step(batch, 0, 0, sync=True)
+    assert run.method.autocast == (True, torch.bfloat16)
+    # DDP's no_sync on every micro-batch of an accumulation but the last
+    run, _ = _epoch_run(_batches(4), total=10, save_every=None, per_epoch=8)
+    run.model = _NoSyncDDP()
+    run._train_epoch(0, 4)
+    assert run.model.no_syncs == 2  # micro-batches 5 and 7 of 5–8
+
+
+def test_train_epoch_check_steps_and_saves_at_a_signal():
+    run, _ = _epoch_run(_batches(4), total=10, save_every=None, log_every=3, per_epoch=10)
+    run.check_every = 3
+    run._train_epoch(0, 4)
+    assert run.step == 2 and run._checked_step == 0 and run._finite is not None  # no host check yet
+    assert run.logger.calls == []
+    run, _ = _epoch_run(_batches(6), total=10, save_every=1, per_epoch=6)
+    assert run._train_epoch(0, 0) is False
+    assert run.saves == [(0, 2), (0, 4)]  # not at the epoch's end: the epoch-end checkpoint follows
+    run, _ = _epoch_run(_batches(4), total=10, save_every=1, per_epoch=8)
+    run.signal = signal.SIGINT
+    with pytest.raises(TrainingInterrupted, match=r"\(epoch 1, micro-batch 2 of 8\)"):
+        run._train_epoch(0, 0)
+    assert run.saves == [(0, 2)]  # saved once: the regular save is the stop's checkpoint
+
+
+def test_train_epoch_seeds_mixup_by_epoch_and_micro_batch():
+    run, _ = _epoch_run(_batches(4), total=10, save_every=None, per_epoch=8)
+    draws = []
+    run.mix = lambda video, labels, rng: (draws.append(rng.random()), (video, labels.float()))[1]
+    run._train_epoch(2, 4)  # resumed at micro-batch 4 of epoch 3: the draws of micro-batches 4–7
+    assert draws == [np.random.default_rng([5, 2, m, 0]).random() for m in (4, 5, 6, 7)]
