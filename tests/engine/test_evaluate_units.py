@@ -1,0 +1,138 @@
+"""``evaluate_method`` on a fake dataset and loader (milliseconds, no video decoding): failed videos
+reported by path and error and left out of the metrics, a batch with no decoded video, one-view
+batches, the result fields, the progress bar, the training mode restored, non-finite weights
+refused. Written against the mutants its other tests let survive (docs/testing.md, "Mutation
+testing")."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from vclip.config import DataConfig, EvalConfig, RunConfig
+from vclip.engine import evaluate as E
+from vclip.engine.distributed import DistInfo
+from vclip.errors import EvaluationError
+
+CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+K = 4
+
+
+class Oracle(torch.nn.Module):
+    """Scores each view by the class written into its first pixel (10 for that class, 0 elsewhere),
+    plus a per-class bias from ``class_features``."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+        self.seen = []
+        self.autocast = []
+
+    def class_features(self, vocab):
+        return torch.tensor(vocab, dtype=torch.float32)
+
+    def forward(self, views, class_features):
+        self.seen.append((tuple(views.shape), self.training, torch.is_grad_enabled()))
+        self.autocast.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        cls = views[:, 0, 0, 0, 0].long()
+        return SimpleNamespace(logits=10 * self.w * torch.nn.functional.one_hot(cls, K).float() + class_features)
+
+
+class Dataset:
+    def __init__(self, n):
+        self.records = [f"rec{i}" for i in range(n)]
+
+    def __len__(self):
+        return len(self.records)
+
+    def full_path(self, record):
+        return f"/videos/{record}.mp4"
+
+
+def _batch(indices, labels, preds, valid, views=None, errors=None):
+    """A loader batch: video [B, V, T, 3, H, W] (or [B, T, 3, H, W] when ``views`` is None) whose
+    first pixel holds the class the oracle predicts."""
+    b = len(indices)
+    shape = (b, views, 2, 3, 4, 4) if views else (b, 2, 3, 4, 4)
+    video = torch.zeros(shape)
+    for i, p in enumerate(preds):
+        video[i].view(-1)[0] = p  # every view of a video: the first view's first pixel only
+        if views:
+            video[i, :, 0, 0, 0, 0] = p
+    return {"video": video, "label": torch.tensor(labels), "index": torch.tensor(indices),
+            "valid": torch.tensor(valid, dtype=torch.uint8),
+            "error": errors or ["" if v else f"cannot decode {i}" for i, v in zip(indices, valid)]}
+
+
+class Logger:
+    def __init__(self):
+        self.calls = []
+
+    def progress(self, loader, total, desc):
+        self.calls.append((total, desc))
+        return loader
+
+
+def _run(monkeypatch, batches, n, views=(1, 1), precision="auto", **kwargs):
+    cfg = RunConfig(data=DataConfig(batch_size=3), eval=EvalConfig(num_clips=views[0], num_crops=views[1],
+                                                                    aggregation="mean_logits"))
+    cfg.train.precision = precision
+
+    def eval_loader(c, ds, rank, world):
+        assert (c, len(ds), rank, world) == (cfg, n, 0, 1)  # this process's shard of the whole set
+        return batches
+
+    monkeypatch.setattr(E.run_data, "eval_loader", eval_loader)
+    method = kwargs.pop("method", None) or Oracle()
+    return method, E.evaluate_method(method, Dataset(n), [0.0] * K, cfg, CPU, **kwargs)
+
+
+def test_failed_videos_are_reported_and_left_out(monkeypatch):
+    batches = [_batch([0, 1, 2], [0, 1, 2], [0, 3, 2], [1, 0, 1], views=2),
+               _batch([3, 4, 5], [3, 0, 1], [3, 0, 2], [0, 0, 0], views=2),  # nothing decoded: skipped
+               _batch([6, 7], [1, 3], [1, 3], [1, 1], views=2)]
+    logger = Logger()
+    method, res = _run(monkeypatch, batches, 8, views=(2, 1), logger=logger, subsets={"odd": [1, 3]})
+    assert res["num_videos"] == 4 and res["num_failed"] == 4
+    assert res["top1"] == 1.0  # video 1 (predicted 3, label 1) failed: not scored
+    assert res["failed_videos"] == [{"index": i, "path": f"/videos/rec{i}.mp4", "error": f"cannot decode {i}"}
+                                    for i in (1, 3, 4, 5)]
+    assert res["views"] == {"clips": 2, "crops": 1, "aggregation": "mean_logits"}
+    assert res["subsets"]["odd"] == {"top1": 1.0, "num_videos": 2}
+    assert logger.calls == [(3, "eval")]
+    # the oracle saw the decoded videos' views only, flattened, in eval mode without gradients
+    assert method.seen == [((4, 2, 3, 4, 4), False, False), ((4, 2, 3, 4, 4), False, False)]
+    assert method.training  # the training mode is restored
+    assert method.autocast == [(False, torch.float32)] * 2  # fp32 on the CPU: no autocast
+    assert "scores" not in res
+
+
+def test_one_view_batches_and_returned_scores(monkeypatch):
+    batches = [_batch([1, 0], [1, 0], [1, 2], [1, 1]), _batch([2], [3], [3], [1])]
+    method = Oracle().eval()
+    method, res = _run(monkeypatch, batches, 3, method=method, return_scores=True)
+    assert method.seen[0][0] == (2, 2, 3, 4, 4) and not method.training  # eval mode stays eval mode
+    assert res["num_videos"] == 3 and res["num_failed"] == 0 and res["failed_videos"] == []
+    assert res["top1"] == pytest.approx(2 / 3)
+    assert res["indices"].tolist() == [0, 1, 2] and res["targets"].tolist() == [0, 1, 3]
+    assert res["scores"].shape == (3, K) and res["scores"][0].tolist() == [0.0, 0.0, 10.0, 0.0]
+
+
+def test_a_missing_video_is_an_error_not_a_smaller_set(monkeypatch):
+    with pytest.raises(EvaluationError):
+        _run(monkeypatch, [_batch([0, 1], [0, 1], [0, 1], [1, 1])], 3)
+
+
+def test_nonfinite_weights_are_refused(monkeypatch):
+    method = Oracle()
+    with torch.no_grad():
+        method.w.fill_(float("nan"))
+    with pytest.raises(EvaluationError, match=r"^refusing to evaluate: the model has non-finite weights in 'w' \(1 NaN, 0 inf of 1 values\)$"):
+        _run(monkeypatch, [], 1, method=method)
+
+
+def test_bf16_scores_under_autocast(monkeypatch):
+    method, res = _run(monkeypatch, [_batch([0], [2], [2], [1])], 1, precision="bf16")
+    assert method.autocast == [(True, torch.bfloat16)] and res["top1"] == 1.0
