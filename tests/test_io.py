@@ -141,3 +141,14 @@ def test_files_get_default_permissions_whatever_the_writer_used(tmp_path, umask)
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
     assert modes == dict.fromkeys(["w.safetensors", "x.bin", "plain.txt", "t.txt"], 0o666 & ~umask)
+
+
+def test_sha256_file_equals_hashlib_across_chunks(tmp_path):
+    import hashlib
+
+    from vclip.io import sha256_file
+
+    data = bytes(range(256)) * 1000  # 256,000 bytes: several chunks of 1,000 and a partial one
+    (tmp_path / "f").write_bytes(data)
+    assert sha256_file(tmp_path / "f", chunk=1000) == hashlib.sha256(data).hexdigest()
+    assert sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()

@@ -37,6 +37,7 @@ API:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 from contextlib import contextmanager
@@ -153,3 +154,12 @@ def atomic_write_text(path: PathLike, text: str, *, encoding: str = "utf-8") -> 
     """Write ``text`` to ``path`` atomically (see :func:`atomic_write`), encoded with ``encoding``
     and no newline translation; return ``path`` as a Path."""
     return atomic_write_bytes(path, text.encode(encoding))
+
+
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    """The SHA-256 hex digest of the file at ``path``, read in chunks of ``chunk`` bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

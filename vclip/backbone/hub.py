@@ -18,7 +18,6 @@ process dies, so a lock file left behind by a killed run never blocks anyone).
 from __future__ import annotations
 
 import errno
-import hashlib
 import http.client
 import logging
 import os
@@ -36,7 +35,7 @@ from tqdm import tqdm
 
 from vclip import __version__
 from vclip.errors import DownloadError
-from vclip.io import atomic_write_text
+from vclip.io import atomic_write_text, sha256_file as _sha256_file
 
 try:  # POSIX
     import fcntl
@@ -132,14 +131,6 @@ def _offline_var() -> str | None:
 
 # --------------------------------------------------------------------------------------------
 # Checksums and the sidecar
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _sidecar(dest: Path) -> Path:

@@ -29,7 +29,6 @@ a missing or corrupt shard names the file and the command that fixes it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -39,7 +38,7 @@ import numpy as np
 
 from vclip.data.decode import VideoReader
 from vclip.errors import VideoDecodeError
-from vclip.io import atomic_write_text, temp_path
+from vclip.io import atomic_write_text, sha256_file, temp_path
 
 #: bumped when the shard layout or the decoding rule changes (invalidates every shard)
 CACHE_VERSION = 1
@@ -69,17 +68,6 @@ def settings(short_side: int) -> dict:
 def _source_stat(src: Path) -> dict:
     st = os.stat(src)
     return {"source_size": int(st.st_size), "source_mtime_ns": int(st.st_mtime_ns)}
-
-
-def sha256_file(path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
 
 
 def _decoder_versions() -> dict:

@@ -73,7 +73,6 @@ depend on ``--workers`` (x264 runs single-threaded with ``asm=0``, see :mod:`vcl
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -86,7 +85,7 @@ import numpy as np
 from vclip.data.synthetic import circle_coverage, map_jobs, polygon_coverage, regular_polygon, write_mp4
 from vclip.data.synthetic import texture as background_texture
 from vclip.errors import ConfigError
-from vclip.io import atomic_write_bytes, atomic_write_text
+from vclip.io import atomic_write_bytes, atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -722,7 +721,7 @@ def generate_world(out_dir, size: str = "quick", workers: int = 1, seed: int = 0
         atomic_write_text(out / rel, text)
     shas = {}
     for rel in sorted(list(files) + ["frames.npy"] + [v["path"] for v in videos]):
-        shas[rel] = _sha256(out / rel)
+        shas[rel] = sha256_file(out / rel)
     manifest = {
         "generator": "vclip.data.world", "version": GENERATOR_VERSION, "seed": seed, "size": size,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()},
@@ -741,14 +740,6 @@ def generate_world(out_dir, size: str = "quick", workers: int = 1, seed: int = 0
     nbytes = sum((out / rel).stat().st_size for rel in shas)
     return {"out": str(out), "videos": len(videos), "frames": n_fr, "bytes": nbytes,
             "seconds": time.perf_counter() - t0, "counts": manifest["counts"], "spec": str(out / "spec.yaml")}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _spec_yaml(info: dict) -> str:

@@ -22,17 +22,9 @@ from typing import Sequence
 import numpy as np
 
 from vclip.data.annotations import VideoRecord, load_annotations, read_label_csv
-from vclip.io import atomic_write_text  # re-exported for older callers; use vclip.io directly
+from vclip.io import atomic_write_text, sha256_file  # re-exported for older callers; use vclip.io directly
 
 log = logging.getLogger(__name__)
-
-
-def sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_split(path, records: Sequence[VideoRecord]) -> Path:
@@ -57,7 +49,7 @@ def manifest_path(path) -> Path:
 
 
 def _sources(paths: Sequence) -> list[dict]:
-    return [{"path": str(p), "sha256": sha256(p)} for p in paths]
+    return [{"path": str(p), "sha256": sha256_file(p)} for p in paths]
 
 
 def _manifest_ok(path: Path, request: dict) -> bool:

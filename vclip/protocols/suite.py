@@ -47,7 +47,7 @@ from typing import Callable, Sequence
 import yaml
 
 from vclip.errors import ConfigError, TrainingInterrupted, VclipError
-from vclip.io import atomic_write_bytes, atomic_write_text
+from vclip.io import atomic_write_bytes, atomic_write_text, sha256_file
 from vclip.protocols import aggregate
 
 log = logging.getLogger(__name__)
@@ -300,14 +300,6 @@ def git_commit() -> str | None:
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # -------------------------------------------------------------------------------- suite
@@ -746,9 +738,9 @@ class Suite:
             "config_file": str(self.config_file), "config": self.cfg, "world": str(self.world),
             "world_info": self.world_info or _read_json(self.world / "manifest.json", keep=("seed", "version",
                                                                                               "generator", "size")),
-            "world_manifest_sha256": _sha256(self.world / "manifest.json")
+            "world_manifest_sha256": sha256_file(self.world / "manifest.json")
             if (self.world / "manifest.json").is_file() else None,
-            "pretrained": {"file": str(self.pretrained), "sha256": _sha256(self.pretrained) if self.pretrained.is_file()
+            "pretrained": {"file": str(self.pretrained), "sha256": sha256_file(self.pretrained) if self.pretrained.is_file()
                            else None, "info": self.pretrain_info},
             "machine": self.machine, "commit": self.commit,
             "rows": [{"name": r.name, "method": r.method, "label": r.label, "eval_only": r.eval_only}
