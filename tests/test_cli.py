@@ -64,3 +64,20 @@ def test_verbose_adds_the_traceback(monkeypatch, capsys):
     assert cli.main(["-v"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" in err and err.strip().splitlines()[-1].startswith("vclip: error: ")
+
+
+def test_overrides_after_options_are_overrides(monkeypatch, capsys):
+    """KEY=VALUE may come after the options, as users type them; a stray word is still refused."""
+    from vclip.protocols import commands
+
+    seen = {}
+    monkeypatch.setattr(commands, "_run", lambda args: seen.setdefault("o", args.overrides) and 0)
+    assert cli.main(["run", "few-shot", "a.b=1", "--data", "d.yaml", "--out", "o", "--shots", "2",
+                 "train.lr=1e-4", "model.method=xclip"]) == 0
+    assert seen["o"] == ["a.b=1", "train.lr=1e-4", "model.method=xclip"]
+    for stray in (["oops"], ["--nope=1"], ["=1"]):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["run", "few-shot", "--data", "d.yaml", "--out", "o", *stray])
+        assert e.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a command without overrides keeps refusing them
+        cli.main(["pretrain", "--world", "w", "--out", "x.pt", "a.b=1"])

@@ -137,3 +137,38 @@ def test_hard_batches_share_colour_size_and_texture():
     # the fraction of hard steps follows hard_batches
     hard = sum(set(P.batch_indices(g, len(entries), 3, 0.3, groups).tolist()) == {0, 1, 4} for _ in range(2000))
     assert 0.25 < hard / 2000 < 0.36  # 3 of 6 uniform frames equal {0, 1, 4} with probability 1/20 only
+
+
+def test_training_only_the_used_token_rows_gives_the_same_model(tiny_world, tmp_path):
+    """``used_rows`` (the default) trains the rows of the captions' tokens only: the same weights
+    as training the whole table, rows no caption uses left exactly at their initial values."""
+    kw = dict(arch="tiny", steps=5, batch=16, lr=3e-3, seed=2, eval_init=False)
+    P.pretrain(tiny_world, tmp_path / "rows.pt", **kw)
+    P.pretrain(tiny_world, tmp_path / "table.pt", used_rows=False, **kw)
+    a, b = read_state_dict(tmp_path / "rows.pt"), read_state_dict(tmp_path / "table.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    torch.manual_seed(2)
+    init = CLIP(get_config("tiny")).text.token_embedding.weight
+    emb = a["token_embedding.weight"]
+    moved = (emb != init).any(dim=1)
+    _, entries = P.load_frames(tiny_world)
+    from vclip.backbone.tokenizer import tokenize
+
+    used = torch.unique(tokenize([e["caption"] for e in entries if e["split"] == "train"],
+                                 context_length=get_config("tiny").text.context_length))
+    assert moved.sum() > 10 and set(moved.nonzero().flatten().tolist()) <= set(used.tolist())
+    assert torch.equal(emb[~moved], init[~moved])
+
+
+def test_used_rows_refuse_a_token_outside_the_captions():
+    table = torch.nn.Embedding(10, 3)
+    rows = P.UsedRows(table, torch.tensor([1, 4, 7]))
+    torch.testing.assert_close(rows(torch.tensor([[7, 1]])), table.weight[[7, 1]].unsqueeze(0))
+    with pytest.raises(ValueError, match="outside"):
+        rows(torch.tensor([2]))
+    with torch.no_grad():
+        rows.weight.add_(1.0)
+    full = rows.write_back(table)
+    torch.testing.assert_close(full.weight[4], rows.weight[1])

@@ -121,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_override(arg: str) -> bool:
+    key, eq, _ = arg.partition("=")
+    return bool(eq) and bool(key) and not arg.startswith("-")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
@@ -129,7 +134,14 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exception(e.__cause__)
         print(f"vclip: error: {e}", file=sys.stderr)
         return 2
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # KEY=VALUE overrides after an option (`vclip run few-shot --data d --out o train.lr=1e-4`)
+        # land here: argparse fills a `nargs="*"` positional once, from the first run of positionals
+        if isinstance(getattr(args, "overrides", None), list) and all(_is_override(a) for a in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

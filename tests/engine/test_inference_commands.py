@@ -314,3 +314,24 @@ def test_predict_names_the_class_the_checkpoint_scores_highest(synth, runs, caps
         assert sorted(t["class"] for t in top) == sorted(names)
         for t in top:
             assert t["probability"] == pytest.approx(expected[names.index(t["class"])], abs=2e-4), t
+
+
+def test_predict_refuses_non_finite_weights(synth, runs, capsys, tmp_path):
+    """NaN weights give NaN scores, and argmax of NaN scores still names a class: refused instead."""
+    from safetensors.torch import load_file, save_file
+
+    from vclip.io import sha256_file
+
+    bad = tmp_path / "nan"
+    shutil.copytree(runs["clip"] / "checkpoints" / "last", bad)
+    state = load_file(bad / "model.safetensors")
+    key = sorted(k for k in state if k.endswith("proj.weight"))[0]
+    state[key][0, 0] = float("nan")
+    save_file(state, bad / "model.safetensors")
+    meta = json.loads((bad / "meta.json").read_text())  # a consistent checkpoint, written by another tool
+    meta["files"]["model.safetensors"] = {"bytes": (bad / "model.safetensors").stat().st_size,
+                                          "sha256": sha256_file(bad / "model.safetensors")}
+    (bad / "meta.json").write_text(json.dumps(meta))
+    code, out, err = _cli(capsys, "predict", _video(synth), "--labels", LABELS, "--checkpoint", bad)
+    assert code == 2 and out == ""
+    assert "refusing to predict with non-finite weights" in err and key.split(".")[-2] in err

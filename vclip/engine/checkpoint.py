@@ -33,7 +33,6 @@ main process should save.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -50,7 +49,7 @@ import numpy as np
 import torch
 
 from vclip.errors import CheckpointError, VclipError
-from vclip.io import fsync_dir, fsync_file, set_default_mode
+from vclip.io import fsync_dir, fsync_file, set_default_mode, sha256_file
 
 __all__ = [
     "CheckpointManager", "load_checkpoint", "save_checkpoint", "write_checkpoint_files",
@@ -145,11 +144,7 @@ def _check_plain(obj: Any, path: str) -> None:
 
 
 def _digest(path: Path) -> dict[str, Any]:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
+    return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from vclip.methods import load_run_config as load_config
-from vclip.errors import ConfigError
+from vclip.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +222,12 @@ def _predict(args) -> int:
     logging.getLogger("vclip.methods").setLevel(logging.WARNING)
     method = build_for_checkpoint(cfg, ck) if ck is not None else build_method(cfg)
     method.eval()
+    from vclip.engine.checkpoint import nonfinite_report
+
+    bad = nonfinite_report(method.state_dict())  # NaN scores would name a class all the same
+    if bad is not None:
+        where = ck.label if ck is not None else f"model.pretrained={cfg.model.pretrained}"
+        raise CheckpointError(f"{where}: refusing to predict with non-finite weights in {bad}")
     vocab = make_vocabulary(cfg, names)
     d = cfg.data
     records = [VideoRecord(path=str(Path(v)), label=-1) for v in videos]
