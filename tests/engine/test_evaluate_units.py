@@ -241,3 +241,73 @@ def test_evaluate_command_on_another_rank_writes_no_results(tmp_path, monkeypatc
     E.evaluate(cfg, dist=rank1)
     assert ev.named("init_distributed") == [] and ev.named("write_results") == []
     assert ev.named("evaluate_method")[0][4] is rank1 and ev.named("evaluate_method")[0][5].rank == 1
+
+
+# --------------------------------------------------------------------------- scoring_function, write_results
+
+
+def test_scoring_function_modes_and_cuda_graph_steps(monkeypatch):
+    """``eval.compile`` unset: the method's logits as they are. Set: ``torch.compile`` (patched: a
+    recorder, nothing is compiled) with that mode and static shapes; under "reduce-overhead" on a
+    CUDA device every call starts a CUDA-graph step and returns a copy, nowhere else. (Named without
+    the word the mutation script deselects: no real compilation runs here.)"""
+    compiled, steps = [], []
+
+    class Raw(SimpleNamespace):
+        """What the patched compiled function returns: its ``clone()`` is recognisable."""
+
+        def clone(self):
+            return ("a copy of", self.raw)
+
+    def fake_compile(fn, **kwargs):
+        compiled.append(kwargs)
+        return lambda views, features: Raw(raw=fn(views, features))
+
+    method = Oracle()
+    views, features = torch.zeros(1, 2, 3, 4, 4), torch.zeros(K)
+    want = method(views, features).logits
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: steps.append(1))
+    plain = E.scoring_function(method, None, torch.device("cpu"))
+    assert torch.equal(plain(views, features), want) and compiled == []
+    for mode, device, graphs in (("reduce-overhead", torch.device("cuda", 0), True),
+                                 ("default", torch.device("cuda", 0), False),
+                                 ("reduce-overhead", torch.device("cpu"), False)):
+        compiled.clear(), steps.clear()
+        fn = E.scoring_function(method, mode, device)
+        assert compiled == [{"mode": mode, "dynamic": False}]
+        outs = [fn(views, features) for _ in range(2)]
+        assert steps == ([1, 1] if graphs else [])
+        for out in outs:
+            if graphs:
+                assert out[0] == "a copy of" and torch.equal(out[1], want)
+            else:
+                assert isinstance(out, Raw) and torch.equal(out.raw, want)
+
+
+def test_write_results_draws_the_confusion_png_with_the_class_names(tmp_path, monkeypatch):
+    import numpy as np
+
+    drawn = []
+    monkeypatch.setattr(E, "save_confusion_png", lambda path, matrix, names: drawn.append((path, matrix, names)))
+    confusion = np.array([[1, 0], [0, 1]])
+    E.write_results({"top1": 1.0, "confusion": confusion}, tmp_path / "r.json", ["run", "jump"], tmp_path / "c.png")
+    assert [(p, n) for p, _, n in drawn] == [(tmp_path / "c.png", ["run", "jump"])] and drawn[0][1] is confusion
+    E.write_results({"top1": 1.0, "confusion": confusion}, tmp_path / "r.json", ["run", "jump"])
+    assert len(drawn) == 1  # no PNG asked for: none drawn
+
+
+def test_evaluate_method_scores_through_the_configured_mode(monkeypatch):
+    """``eval.compile`` reaches the scoring function with the run's device (patched compile: a
+    recorder; on the CPU "reduce-overhead" records no CUDA graphs)."""
+    compiled = []
+
+    def fake_compile(fn, **kwargs):
+        compiled.append(kwargs)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    cfg = RunConfig(data=DataConfig(batch_size=3), eval=EvalConfig(compile="reduce-overhead"))
+    monkeypatch.setattr(E.run_data, "eval_loader", lambda *a: [_batch([0, 1], [0, 1], [0, 1], [1, 1])])
+    res = E.evaluate_method(Oracle(), Dataset(2), [0.0] * K, cfg, CPU)
+    assert compiled == [{"mode": "reduce-overhead", "dynamic": False}] and res["top1"] == 1.0
