@@ -32,7 +32,7 @@ declare -A TESTS=(
   [vclip/methods/xclip.py]="tests/methods/test_xclip.py tests/methods/test_clip_mean.py"
   [vclip/methods/ost.py]="tests/methods/test_ost_by_hand.py tests/methods/test_ost.py"
   [vclip/engine/evaluate.py]="tests/engine/test_evaluate_units.py tests/engine/test_evaluate_views.py tests/protocols/test_metric_values.py"
-  [vclip/engine/trainer.py]="tests/engine/test_trainer_units.py tests/engine/test_gradients.py tests/engine/test_train_integration.py"
+  [vclip/engine/trainer.py]="tests/engine/test_trainer_units.py tests/engine/test_trainer_run_units.py tests/engine/test_gradients.py tests/engine/test_train_integration.py"
 )
 # the default order: small and most valuable first
 ORDER=(vclip/engine/metrics.py vclip/data/sampling.py vclip/data/transforms.py vclip/engine/optim.py

@@ -1,11 +1,13 @@
 """``evaluate_method`` on a fake dataset and loader (milliseconds, no video decoding): failed videos
 reported by path and error and left out of the metrics, a batch with no decoded video, one-view
 batches, the result fields, the progress bar, the training mode restored, non-finite weights
-refused. Written against the mutants its other tests let survive (docs/testing.md, "Mutation
+refused; and ``evaluate``, the ``vclip eval`` command, in this process with its builders patched.
+Written against the mutants its other tests let survive (docs/testing.md, "Mutation
 testing")."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -136,3 +138,176 @@ def test_nonfinite_weights_are_refused(monkeypatch):
 def test_bf16_scores_under_autocast(monkeypatch):
     method, res = _run(monkeypatch, [_batch([0], [2], [2], [1])], 1, precision="bf16")
     assert method.autocast == [(True, torch.bfloat16)] and res["top1"] == 1.0
+
+
+# --------------------------------------------------------------------------- evaluate(): the command
+
+
+class _Evaluated:
+    """``evaluate``'s builders and writers patched (no model, no data, no files but the run's log):
+    what each was given is in ``self.calls``."""
+
+    def __init__(self, monkeypatch, dist=CPU):
+        import vclip.engine.distributed as D
+        import vclip.engine.inference as I
+        import vclip.methods as M
+
+        self.calls: list[tuple] = []
+
+        def record(name, result):
+            def fn(*args, **kwargs):
+                self.calls.append((name, *args, *kwargs.items()))
+                return result(*args)
+            return fn
+
+        def method(*args):
+            m = Oracle()
+            m.drawn = float(torch.rand(()))  # the global RNG right after seeding
+            m.to = record("to", lambda *a: m)
+            return m
+
+        monkeypatch.setattr(D, "init_distributed", record("init_distributed", lambda device: dist))
+        monkeypatch.setattr(E.run_data, "class_names", record("class_names", lambda cfg: ["a", "b"]))
+        monkeypatch.setattr(E.run_data, "eval_dataset", record("eval_dataset", lambda *a: "dataset"))
+        monkeypatch.setattr(M, "build_method", record("build_method", method))
+        monkeypatch.setattr(I, "build_for_checkpoint", record("build_for_checkpoint", method))
+        monkeypatch.setattr(I, "open_checkpoint", record("open_checkpoint", lambda path: I.InferenceCheckpoint(
+            path=Path("/ck") / path, state={"w": torch.ones(())}, meta={})))
+        monkeypatch.setattr(E, "evaluate_method", record("evaluate_method", lambda *a: {"top1": 0.5}))
+        monkeypatch.setattr(E, "write_results", record("write_results", lambda *a: None))
+
+    def named(self, name):
+        return [c[1:] for c in self.calls if c[0] == name]
+
+
+def _command_cfg(tmp_path, png=True):
+    cfg = RunConfig(output_dir=str(tmp_path), name="ev", device="cpu",
+                    eval=EvalConfig(confusion_png=png))
+    cfg.train.seed = 11
+    return cfg
+
+
+def test_evaluate_command_without_a_checkpoint(tmp_path, monkeypatch):
+    ev = _Evaluated(monkeypatch)
+    cfg = _command_cfg(tmp_path)
+    assert E.evaluate(cfg, annotation="other.txt", subsets={"s": [0]}) == {"top1": 0.5}
+    assert ev.named("init_distributed") == [("cpu",)] and ev.named("class_names") == [(cfg,)]
+    assert ev.named("open_checkpoint") == [] and ev.named("build_for_checkpoint") == []
+    [(built,)] = ev.named("build_method")
+    assert built is cfg and ev.named("to") == [(torch.device("cpu"),)]
+    assert ev.named("eval_dataset") == [(cfg, ["a", "b"], "other.txt")]
+    [(method, dataset, vocab, c, dist, logger, subsets)] = ev.named("evaluate_method")
+    assert (dataset, c, dist, subsets) == ("dataset", cfg, CPU, {"s": [0]})
+    assert vocab.class_names == ("a", "b") and isinstance(method, Oracle)
+    torch.manual_seed(11)
+    assert method.drawn == float(torch.rand(()))  # seeded with train.seed before the build
+    assert (logger.run_dir, logger.rank) == (cfg.run_dir, 0) and (cfg.run_dir / "metrics.jsonl").exists()
+    assert ev.named("write_results") == [({"top1": 0.5}, cfg.run_dir / "results_eval.json", ["a", "b"],
+                                          cfg.run_dir / "confusion_eval.png")]
+    ev.calls.clear()
+    cfg = _command_cfg(tmp_path, png=False)
+    E.evaluate(cfg, checkpoint="")  # an empty checkpoint argument: none
+    assert ev.named("open_checkpoint") == [] and len(ev.named("build_method")) == 1
+    assert ev.named("eval_dataset") == [(cfg, ["a", "b"], None)]
+    assert ev.named("evaluate_method")[0][-1] is None
+    assert ev.named("write_results")[0][1:] == (cfg.run_dir / "results_eval.json", ["a", "b"], None)
+
+
+def test_evaluate_command_with_a_checkpoint(tmp_path, monkeypatch):
+    from vclip.engine.inference import InferenceCheckpoint
+    from vclip.errors import CheckpointError
+
+    ev = _Evaluated(monkeypatch)
+    cfg = _command_cfg(tmp_path)
+    E.evaluate(cfg, checkpoint="run/checkpoints/best")
+    assert ev.named("open_checkpoint") == [("run/checkpoints/best",)] and ev.named("build_method") == []
+    [(c, ck)] = ev.named("build_for_checkpoint")
+    assert c is cfg and ck.path == Path("/ck/run/checkpoints/best")
+    ev.calls.clear()
+    ck = InferenceCheckpoint(path=Path("/opened"), state={"w": torch.ones(())}, meta={})
+    E.evaluate(cfg, checkpoint=ck)  # already opened: used as it is
+    assert ev.named("open_checkpoint") == [] and ev.named("build_for_checkpoint")[0][1] is ck
+    bad = InferenceCheckpoint(path=Path("/diverged"), state={"w": torch.tensor([1.0, float("inf")])}, meta={})
+    with pytest.raises(CheckpointError) as e:
+        E.evaluate(cfg, checkpoint=bad)
+    assert str(e.value) == ("/diverged: refusing to evaluate a checkpoint with non-finite weights in 'w' (0 NaN, "
+                            "1 inf of 2 values) (the training that wrote it diverged)")
+
+
+def test_evaluate_command_on_another_rank_writes_no_results(tmp_path, monkeypatch):
+    rank1 = DistInfo(rank=1, world_size=2, local_rank=1, device=torch.device("cpu"))
+    ev = _Evaluated(monkeypatch)
+    cfg = _command_cfg(tmp_path)
+    E.evaluate(cfg, dist=rank1)
+    assert ev.named("init_distributed") == [] and ev.named("write_results") == []
+    assert ev.named("evaluate_method")[0][4] is rank1 and ev.named("evaluate_method")[0][5].rank == 1
+
+
+# --------------------------------------------------------------------------- scoring_function, write_results
+
+
+def test_scoring_function_modes_and_cuda_graph_steps(monkeypatch):
+    """``eval.compile`` unset: the method's logits as they are. Set: ``torch.compile`` (patched: a
+    recorder, nothing is compiled) with that mode and static shapes; under "reduce-overhead" on a
+    CUDA device every call starts a CUDA-graph step and returns a copy, nowhere else. (Named without
+    the word the mutation script deselects: no real compilation runs here.)"""
+    compiled, steps = [], []
+
+    class Raw(SimpleNamespace):
+        """What the patched compiled function returns: its ``clone()`` is recognisable."""
+
+        def clone(self):
+            return ("a copy of", self.raw)
+
+    def fake_compile(fn, **kwargs):
+        compiled.append(kwargs)
+        return lambda views, features: Raw(raw=fn(views, features))
+
+    method = Oracle()
+    views, features = torch.zeros(1, 2, 3, 4, 4), torch.zeros(K)
+    want = method(views, features).logits
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: steps.append(1))
+    plain = E.scoring_function(method, None, torch.device("cpu"))
+    assert torch.equal(plain(views, features), want) and compiled == []
+    for mode, device, graphs in (("reduce-overhead", torch.device("cuda", 0), True),
+                                 ("default", torch.device("cuda", 0), False),
+                                 ("reduce-overhead", torch.device("cpu"), False)):
+        compiled.clear(), steps.clear()
+        fn = E.scoring_function(method, mode, device)
+        assert compiled == [{"mode": mode, "dynamic": False}]
+        outs = [fn(views, features) for _ in range(2)]
+        assert steps == ([1, 1] if graphs else [])
+        for out in outs:
+            if graphs:
+                assert out[0] == "a copy of" and torch.equal(out[1], want)
+            else:
+                assert isinstance(out, Raw) and torch.equal(out.raw, want)
+
+
+def test_write_results_draws_the_confusion_png_with_the_class_names(tmp_path, monkeypatch):
+    import numpy as np
+
+    drawn = []
+    monkeypatch.setattr(E, "save_confusion_png", lambda path, matrix, names: drawn.append((path, matrix, names)))
+    confusion = np.array([[1, 0], [0, 1]])
+    E.write_results({"top1": 1.0, "confusion": confusion}, tmp_path / "r.json", ["run", "jump"], tmp_path / "c.png")
+    assert [(p, n) for p, _, n in drawn] == [(tmp_path / "c.png", ["run", "jump"])] and drawn[0][1] is confusion
+    E.write_results({"top1": 1.0, "confusion": confusion}, tmp_path / "r.json", ["run", "jump"])
+    assert len(drawn) == 1  # no PNG asked for: none drawn
+
+
+def test_evaluate_method_scores_through_the_configured_mode(monkeypatch):
+    """``eval.compile`` reaches the scoring function with the run's device (patched compile: a
+    recorder; on the CPU "reduce-overhead" records no CUDA graphs)."""
+    compiled = []
+
+    def fake_compile(fn, **kwargs):
+        compiled.append(kwargs)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    cfg = RunConfig(data=DataConfig(batch_size=3), eval=EvalConfig(compile="reduce-overhead"))
+    monkeypatch.setattr(E.run_data, "eval_loader", lambda *a: [_batch([0, 1], [0, 1], [0, 1], [1, 1])])
+    res = E.evaluate_method(Oracle(), Dataset(2), [0.0] * K, cfg, CPU)
+    assert compiled == [{"mode": "reduce-overhead", "dynamic": False}] and res["top1"] == 1.0

@@ -740,3 +740,93 @@ def test_train_epoch_seeds_mixup_by_epoch_and_micro_batch():
     run.mix = lambda video, labels, rng: (draws.append(rng.random()), (video, labels.float()))[1]
     run._train_epoch(2, 4)  # resumed at micro-batch 4 of epoch 3: the draws of micro-batches 4–7
     assert draws == [np.random.default_rng([5, 2, m, 0]).random() for m in (4, 5, 6, 7)]
+
+
+# --------------------------------------------------------------------------- what the old survivors left open
+
+
+def test_mean_over_ranks_divides_the_sum_by_the_world_size(monkeypatch):
+    """Two processes holding the same values (the collective replaced by a doubling): the mean is
+    the value itself, not four times it."""
+    import vclip.engine.distributed as D
+
+    monkeypatch.setattr(D, "all_reduce_sum", lambda t: t * 2)
+    monkeypatch.setattr(D, "world_size", lambda: 2)
+    assert T._mean_over_ranks({"loss": torch.tensor(1.5), T._STOP: 1.0}) == {"loss": 1.5, T._STOP: 1.0}
+
+
+def test_micro_step_logs_the_weighted_loss_under_loss_even_beside_a_term_of_that_name():
+    """A method whose own terms include one named ``loss``: the logged ``loss`` is the weighted
+    total (what is optimised), not the method's term."""
+    batch = _batches(1)[0]
+    run, _ = _epoch_run([batch])
+
+    class Named(_Quadratic):
+        def forward(self, video, vocab, targets, label_smoothing):
+            out = super().forward(video, vocab, targets, label_smoothing)
+            return SimpleNamespace(losses={"ce": out.losses["ce"], "loss": torch.tensor(4.0)})
+
+    run.method = run.forward = Named()
+    run.loss_weights = {"ce": 1.0, "loss": 0.5}
+    terms = run._micro_step(batch, 0, 0, sync=True)
+    ce = float(((batch["video"] @ run.method.w.detach() - batch["label"].float()) ** 2).mean())
+    assert set(terms) == {"loss", "ce"}
+    assert float(terms["loss"]) == pytest.approx(ce + 2.0, rel=1e-6) and float(terms["ce"]) == pytest.approx(ce)
+
+
+def _saved_run(tmp_path, monkeypatch, rng=None):
+    """``_save`` of a ``Linear(2, 1)`` run at step 3 (with ``rng`` as the gathered RNG states when
+    given), and a fresh run to restore it into."""
+    from vclip.engine.checkpoint import CheckpointManager
+
+    def make():
+        run = _step_run()
+        run.ckpts = CheckpointManager(tmp_path)
+        run.dist = SimpleNamespace(is_main=True, rank=0, world_size=1)
+        run.cfg.model = SimpleNamespace(method="clip")
+        run.config_dict, run.config_hash = {"name": "r"}, "abc"
+        return run
+
+    run = make()
+    run.step = 3
+    if rng is not None:
+        monkeypatch.setattr(T, "_gather_rng", lambda: rng)
+    run._save(1, 0)
+    monkeypatch.undo()
+    return make()
+
+
+def test_restore_takes_its_own_ranks_rng_state(tmp_path, monkeypatch):
+    from vclip.engine.checkpoint import capture_rng_state
+
+    states = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        states.append(capture_rng_state())
+    fresh = _saved_run(tmp_path, monkeypatch, rng=states)
+    fresh.dist = SimpleNamespace(is_main=False, rank=1, world_size=2)
+    fresh._restore(tmp_path / "checkpoints" / "last")
+    got = torch.rand(3)
+    assert fresh.step == 3
+    torch.manual_seed(2)
+    assert torch.equal(got, torch.rand(3))  # rank 1's state (seed 2), not rank 0's (seed 1)
+
+
+def test_restore_of_a_checkpoint_without_a_skip_count_and_of_weights_that_do_not_fit(tmp_path, monkeypatch):
+    from vclip.errors import CheckpointError
+
+    fresh = _saved_run(tmp_path, monkeypatch)
+    fresh.nonfinite_skips = 5
+    real_load = fresh.ckpts.load
+
+    def load_old(path):  # a checkpoint written before nonfinite_skips was recorded
+        model_state, state, meta = real_load(path)
+        return model_state, state, {k: v for k, v in meta.items() if k != "nonfinite_skips"}
+
+    fresh.ckpts.load = load_old
+    last = tmp_path / "checkpoints" / "last"
+    fresh._restore(last)
+    assert fresh.nonfinite_skips == 0 and type(fresh.nonfinite_skips) is int
+    fresh.method = torch.nn.Linear(3, 1)  # another model: the error names the --resume path
+    with pytest.raises(CheckpointError, match=rf"^--resume {last}: the checkpoint's weights do not fit the model"):
+        fresh._restore(last)
