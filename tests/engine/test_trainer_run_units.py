@@ -29,6 +29,7 @@ from vclip.engine.logging import setup_logging, teardown_logging
 from vclip.engine.optim import warmup_cosine_lr
 from vclip.engine.trainer import _Plan, _Run
 from vclip.errors import ConfigError
+from test_trainer_units import _Sampler  # the same recording sampler
 
 CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 NAMES = ["a", "b", "c"]
@@ -54,17 +55,6 @@ class _Method(torch.nn.Module):
         self.calls.append((tuple(video.shape), vocab.class_names, label_smoothing))
         ce = ((video @ self.w - targets.float()) ** 2).mean()
         return SimpleNamespace(losses={"ce": ce, "aux": torch.tensor(0.25)})
-
-
-class _Sampler:
-    def __init__(self):
-        self.calls = []
-
-    def set_epoch(self, epoch):
-        self.calls.append(("set_epoch", epoch))
-
-    def skip_first(self, n):
-        self.calls.append(("skip_first", n))
 
 
 class _Loader(list):

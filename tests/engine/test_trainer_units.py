@@ -300,6 +300,18 @@ def _step_run(clip_grad=1.0, limit=0):
                 check_every=4, plan=_Plan(8, 8, 80, 10, 0), nonfinite_skips=0, ckpts=_Ckpts(), logger=_Logger())
 
 
+def _saving_run(tmp_path):
+    """A ``_step_run`` that saves checkpoints under ``tmp_path`` as rank 0 of one process."""
+    from vclip.engine.checkpoint import CheckpointManager
+
+    run = _step_run()
+    run.ckpts = CheckpointManager(tmp_path)
+    run.dist = SimpleNamespace(is_main=True, rank=0, world_size=1)
+    run.cfg.model = SimpleNamespace(method="clip")
+    run.config_dict, run.config_hash = {"name": "r"}, "abc"
+    return run
+
+
 def _set_grads(run, weight=(3.0, 4.0), bias=0.0):
     run.method.weight.grad = torch.tensor([list(weight)])
     run.method.bias.grad = torch.tensor([bias])
@@ -438,15 +450,8 @@ def test_save_then_restore_round_trip(tmp_path, caplog):
     continue exactly; the epoch and micro-batch come back; ``best`` follows the metric."""
     import json
 
-    from vclip.engine.checkpoint import CheckpointManager
-
     def make():
-        run = _step_run()
-        run.ckpts = CheckpointManager(tmp_path)
-        run.dist = SimpleNamespace(is_main=True, rank=0, world_size=1)
-        run.cfg.model = SimpleNamespace(method="clip")
-        run.config_dict, run.config_hash = {"name": "r"}, "abc"
-        return run
+        return _saving_run(tmp_path)
 
     run = make()
     _set_grads(run)
@@ -777,15 +782,8 @@ def test_micro_step_logs_the_weighted_loss_under_loss_even_beside_a_term_of_that
 def _saved_run(tmp_path, monkeypatch, rng=None):
     """``_save`` of a ``Linear(2, 1)`` run at step 3 (with ``rng`` as the gathered RNG states when
     given), and a fresh run to restore it into."""
-    from vclip.engine.checkpoint import CheckpointManager
-
     def make():
-        run = _step_run()
-        run.ckpts = CheckpointManager(tmp_path)
-        run.dist = SimpleNamespace(is_main=True, rank=0, world_size=1)
-        run.cfg.model = SimpleNamespace(method="clip")
-        run.config_dict, run.config_hash = {"name": "r"}, "abc"
-        return run
+        return _saving_run(tmp_path)
 
     run = make()
     run.step = 3
