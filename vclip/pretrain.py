@@ -252,7 +252,8 @@ def pretrain(world_dir, out_file, *, arch: str = DEFAULT_ARCH, steps: int = DEFA
     test_entries = [entries[i] for i in test_idx]
     captions = [entries[i]["caption"] for i in train_idx]
     tokens = tokenize(captions, context_length=cfg.text.context_length)
-    caption_ids = torch.tensor([{c: k for k, c in enumerate(sorted(set(captions)))}[c] for c in captions])
+    caption_index = {c: k for k, c in enumerate(sorted(set(captions)))}  # built once: 48k captions
+    caption_ids = torch.tensor([caption_index[c] for c in captions])
     groups = hard_groups([entries[i] for i in train_idx])
 
     torch.manual_seed(seed)
