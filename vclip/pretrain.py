@@ -144,14 +144,14 @@ def _lr(step: int, steps: int, lr: float) -> float:
     return 0.5 * lr * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
 
 
-def _optimizer(model, lr: float):
+def _optimizer(model, lr: float, fused: bool = True):
     decay, no_decay = [], []
     for n, p in model.named_parameters():
         (decay if p.ndim >= 2 and "embedding" not in n else no_decay).append(p)
     # the fused kernel (CPU and CUDA): the same update in one pass over each tensor, 4-5x faster on
     # the CPU than the default multi-tensor loop at this size
     return torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                             lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
+                             lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=fused)
 
 
 class UsedRows(torch.nn.Module):
@@ -180,6 +180,15 @@ class UsedRows(torch.nn.Module):
     def write_back(self, full: torch.nn.Embedding) -> torch.nn.Embedding:
         full.weight[self.ids] = self.weight.detach()
         return full
+
+
+def contrastive_loss(model, pixels: torch.Tensor, tokens: torch.Tensor, caption_ids: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric loss of one batch (the module docstring's L), with :func:`caption_targets`."""
+    img = model.encode_image(pixels, normalize=True)
+    txt = model.encode_text(tokens, normalize=True)
+    logits = model.logit_scale.clamp(max=math.log(100)).exp() * img @ txt.T
+    target = caption_targets(caption_ids)  # symmetric: the same targets for both directions
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
 def caption_targets(caption_ids: torch.Tensor) -> torch.Tensor:
@@ -299,11 +308,7 @@ def pretrain(world_dir, out_file, *, arch: str = DEFAULT_ARCH, steps: int = DEFA
         pick = torch.from_numpy(batch_indices(g, n, batch, hard_batches, groups))
         for group in opt.param_groups:
             group["lr"] = _lr(step, steps, lr)
-        img = model.encode_image(to_pixels(train_frames[pick.numpy()], size), normalize=True)
-        txt = model.encode_text(tokens[pick], normalize=True)
-        logits = model.logit_scale.clamp(max=math.log(100)).exp() * img @ txt.T
-        target = caption_targets(caption_ids[pick])  # symmetric: the same targets for both directions
-        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+        loss = contrastive_loss(model, to_pixels(train_frames[pick.numpy()], size), tokens[pick], caption_ids[pick])
         if not torch.isfinite(loss):
             raise ConfigError(f"pretrain: non-finite loss at step {step} (lower --lr?)")
         opt.zero_grad(set_to_none=True)
