@@ -36,7 +36,7 @@ declare -A TESTS=(
   [vclip/engine/trainer.py]="tests/engine/test_trainer_units.py tests/engine/test_gradients.py tests/engine/test_train_integration.py"
   [vclip/methods/vilt.py]="tests/methods/test_vilt.py tests/protocols/test_vilt_protocol.py"
   [vclip/methods/alt.py]="tests/methods/test_alt.py tests/text/test_alt_corpus.py"
-  [vclip/methods/moted.py]="tests/methods/test_moted.py tests/protocols/test_moted_protocol.py"
+  [vclip/methods/moted.py]="tests/methods/test_moted_units.py tests/methods/test_moted.py tests/protocols/test_moted_protocol.py"
 )
 # tests of a subset left out (pytest --deselect): the 2-process DDP tests (mp.spawn children, which
 # mutmut neither traces nor trampolines; minutes each)

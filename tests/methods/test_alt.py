@@ -330,6 +330,18 @@ def test_gumbel_assignment_at_another_temperature_is_the_noisy_softmax_of_w_over
     w3 = w.detach().clone().requires_grad_(True)
     ((w3 / 0.25).softmax(-1) * weights).sum().backward()
     torch.testing.assert_close(w2.grad, w3.grad, rtol=1e-6, atol=1e-7)
+    # the defaults: τ = 1 (App. B) with noise (the gradient tells τ apart, the noise the argmax)
+    def grad_of(*args, **kwargs):
+        w5 = w.detach().clone().requires_grad_(True)
+        a = hard_alignment(w5, *args, generator=torch.Generator().manual_seed(7), **kwargs)
+        (a * weights).sum().backward()
+        return a.detach(), w5.grad
+
+    a_def, g_def = grad_of()
+    a_one, g_one = grad_of(1.0, noise=True)
+    assert torch.equal(a_def, a_one) and torch.equal(g_def, g_one)
+    assert not torch.allclose(grad_of(2.0, noise=True)[1], g_def, atol=1e-4)
+    assert not torch.equal(grad_of(1.0, noise=False)[0], a_def)
 
 
 def _mha_by_hand(m, query, kv):
@@ -399,9 +411,13 @@ def test_new_modules_start_trunc_normal_002_with_zero_biases_and_unit_layernorms
     assert m.decoder.blocks[0].self_attn.heads == 8 and m.decoder.blocks[0].conv.padding == (1,)
     assert len(m.decoder.blocks) == 4 and m.decoder.blocks[0].conv.kernel_size == (3,)
     assert tiny_alt(conv_kernel=5).decoder.blocks[0].conv.padding == (2,)
-    from vclip.methods.alt import VideoDecoder
+    from vclip.methods.alt import DecoderBlock, VideoDecoder
 
     assert VideoDecoder(8, 1, 2).chain_conv is False                      # Eq. 8: every block convolves X̂
+    # the defaults of the decoder classes: ALT-B's M = 4 blocks, 8 heads, temporal kernel 3
+    plain = VideoDecoder(16)
+    assert len(plain.blocks) == 4 and plain.blocks[0].self_attn.heads == 8
+    assert plain.blocks[0].conv.kernel_size == (3,) and DecoderBlock(16, 2).conv.kernel_size == (3,)
     assert m.merging.proportional_attention is True
     assert tiny_alt(proportional_attention=False).merging.proportional_attention is False
 
@@ -503,8 +519,8 @@ def test_entity_sentences_descriptors_deduplication_and_the_example_vocabulary()
 def test_option_errors_name_the_option():
     for bad, match in [({"r": -2}, r"model\.options\.r: expected an int >= 0, got -2"),
                        ({"tau": -1.0}, r"model\.options\.tau: must be > 0, got -1\.0"),
-                       ({"decoder_layers": 0}, r"decoder_layers and decoder_heads must be >= 1"),
-                       ({"decoder_heads": 0}, r"decoder_layers and decoder_heads must be >= 1"),
+                       ({"decoder_layers": 0}, r"^model\.options\.decoder_layers and decoder_heads must be >= 1$"),
+                       ({"decoder_heads": 0}, r"^model\.options\.decoder_layers and decoder_heads must be >= 1$"),
                        ({"conv_kernel": 0}, r"model\.options\.conv_kernel: must be odd and >= 1, got 0"),
                        ({"conv_kernel": 4}, r"model\.options\.conv_kernel: must be odd and >= 1, got 4"),
                        ({"example_corpus_size": 0}, r"model\.options\.example_corpus_size: must be >= 1, got 0"),
