@@ -9,12 +9,13 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "mutation.sh"
 CORE = ["vclip/methods/od_solver.py", "vclip/methods/ost.py", "vclip/methods/xclip.py", "vclip/methods/clip.py",
         "vclip/engine/trainer.py", "vclip/engine/evaluate.py", "vclip/engine/metrics.py", "vclip/engine/optim.py",
-        "vclip/data/transforms.py", "vclip/data/sampling.py", "vclip/backbone/hooks.py"]
+        "vclip/data/transforms.py", "vclip/data/sampling.py", "vclip/backbone/hooks.py",
+        "vclip/methods/vilt.py", "vclip/methods/alt.py", "vclip/methods/moted.py"]
 
 
-def subsets() -> dict[str, list[str]]:
-    text = SCRIPT.read_text()
-    return {m: tests.split() for m, tests in re.findall(r'^\s*\[(vclip/[\w/]+\.py)\]="([^"]*)"', text, re.M)}
+def subsets(table: str = "TESTS") -> dict[str, list[str]]:
+    block = re.search(rf"^declare -A {table}=\((.*?)^\)", SCRIPT.read_text(), re.M | re.S).group(1)
+    return {m: tests.split() for m, tests in re.findall(r'^\s*\[(vclip/[\w/]+\.py)\]="([^"]*)"', block, re.M)}
 
 
 def test_every_core_module_has_an_existing_test_subset():
@@ -25,6 +26,17 @@ def test_every_core_module_has_an_existing_test_subset():
     for module, tests in table.items():
         assert (ROOT / module).is_file(), module
         assert tests and all((ROOT / t).is_file() for t in tests), (module, tests)
+
+
+def test_deselected_tests_exist_in_their_modules_subset():
+    """A renamed test would silently stop being deselected (and run, slowly, under mutmut)."""
+    table, deselect = subsets(), subsets("DESELECT")
+    assert set(deselect) == {"vclip/methods/vilt.py", "vclip/methods/moted.py"}
+    for module, ids in deselect.items():
+        for node in ids:
+            path, name = node.split("::")
+            assert path in table[module], (module, node)
+            assert re.search(rf"^def {name}\(", (ROOT / path).read_text(), re.M), node
 
 
 def test_unknown_module_is_refused(tmp_path):

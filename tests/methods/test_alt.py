@@ -298,3 +298,238 @@ def test_options_change_what_they_say():
                        ({"query_pool": "max"}, "query_pool")]:
         with pytest.raises(ConfigError, match=match):
             ALT.parse_options(bad)
+
+
+# ------------------------------------------------------------------ by hand: values a broken module changes
+def test_merged_token_count_clamps_each_block_to_half_the_tokens():
+    # 17 tokens, r = 8: block 1 merges min(8, 16 // 2) = 8 → 9, block 2 min(8, 8 // 2) = 4 → 5
+    assert merged_token_count(17, [8, 8]) == 5
+    assert merged_token_count(18, [9]) == 10 and merged_token_count(3, [5, 5]) == 2
+    assert merged_token_count(17, []) == 17 and merged_token_count(17, [0, 3]) == 14
+
+
+def test_gumbel_assignment_at_another_temperature_is_the_noisy_softmax_of_w_over_tau():
+    """τ = 0.25: the forward is the argmax of softmax(w/τ + γ), the gradient that of that softmax
+    (τ = 1 in the test above would not tell w/τ from w·τ)."""
+    g = torch.Generator().manual_seed(2)
+    w = (torch.rand(4, 9, generator=g) * 2 - 1).requires_grad_(True)
+    weights = torch.randn(4, 9, generator=g)
+    a_hat = hard_alignment(w, 0.25, noise=True, generator=torch.Generator().manual_seed(7))
+    (a_hat * weights).sum().backward()
+    grad_hard, w.grad = w.grad.clone(), None
+    e = torch.empty(4, 9).exponential_(generator=torch.Generator().manual_seed(7))
+    soft = (w / 0.25 - e.log()).softmax(-1)
+    assert torch.equal(a_hat.detach(), F.one_hot(soft.argmax(-1), 9).float())
+    (soft * weights).sum().backward()
+    torch.testing.assert_close(grad_hard, w.grad, rtol=1e-6, atol=1e-7)
+    # without noise: the argmax of w itself, and the soft gradient of softmax(w / τ)
+    w2 = w.detach().clone().requires_grad_(True)
+    plain = hard_alignment(w2, 0.25, noise=False)
+    assert torch.equal(plain.detach(), F.one_hot(w.detach().argmax(-1), 9).float())
+    (plain * weights).sum().backward()
+    w3 = w.detach().clone().requires_grad_(True)
+    ((w3 / 0.25).softmax(-1) * weights).sum().backward()
+    torch.testing.assert_close(w2.grad, w3.grad, rtol=1e-6, atol=1e-7)
+    # the defaults: τ = 1 (App. B) with noise (the gradient tells τ apart, the noise the argmax)
+    def grad_of(*args, **kwargs):
+        w5 = w.detach().clone().requires_grad_(True)
+        a = hard_alignment(w5, *args, generator=torch.Generator().manual_seed(7), **kwargs)
+        (a * weights).sum().backward()
+        return a.detach(), w5.grad
+
+    a_def, g_def = grad_of()
+    a_one, g_one = grad_of(1.0, noise=True)
+    assert torch.equal(a_def, a_one) and torch.equal(g_def, g_one)
+    assert not torch.allclose(grad_of(2.0, noise=True)[1], g_def, atol=1e-4)
+    assert not torch.equal(grad_of(1.0, noise=False)[0], a_def)
+
+
+def _mha_by_hand(m, query, kv):
+    b, lq, d = query.shape
+    h = m.heads
+    q = F.linear(query, m.q_proj.weight, m.q_proj.bias).view(b, lq, h, d // h).transpose(1, 2)
+    k = F.linear(kv, m.k_proj.weight, m.k_proj.bias).view(b, -1, h, d // h).transpose(1, 2)
+    v = F.linear(kv, m.v_proj.weight, m.v_proj.bias).view(b, -1, h, d // h).transpose(1, 2)
+    att = (q @ k.transpose(-1, -2) / (d // h) ** 0.5).softmax(-1) @ v
+    return F.linear(att.transpose(1, 2).reshape(b, lq, d), m.out_proj.weight, m.out_proj.bias)
+
+
+def _ln(x):
+    return F.layer_norm(x, x.shape[-1:], eps=1e-5)
+
+
+def test_decoder_block_and_decoder_equal_eq_8_by_hand():
+    """Eq. 8 written out: X̂' = X̂ + Conv1d(X̂) (kernel 3, padding 1, over time), Q̂' = Q̂ + SA(LN Q̂),
+    Q̂ = Q̂' + CA(LN Q̂', LN X̂'); LayerNorms at their initial 1/0 (ε 1e-5), attention with a scale
+    1/√(d/h) over 2 heads; M blocks each convolve X̂ itself unless chain_conv."""
+    from vclip.methods.alt import DecoderBlock, MultiHeadAttention, VideoDecoder
+
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="width 10 is not divisible by 4 heads"):
+        MultiHeadAttention(10, 4)
+    block = DecoderBlock(8, 2, 3)
+    for p in block.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    for ln in (block.ln_self, block.ln_query, block.ln_frames):
+        torch.nn.init.ones_(ln.weight), torch.nn.init.zeros_(ln.bias)
+    g = torch.Generator().manual_seed(1)
+    q0, x0 = torch.randn(2, 5, 8, generator=g), torch.randn(2, 5, 8, generator=g)
+    with torch.no_grad():
+        conv = F.conv1d(x0.transpose(1, 2), block.conv.weight, block.conv.bias, padding=1).transpose(1, 2)
+        x1 = x0 + conv
+        q1 = q0 + _mha_by_hand(block.self_attn, _ln(q0), _ln(q0))
+        q2 = q1 + _mha_by_hand(block.cross_attn, _ln(q1), _ln(x1))
+        q, x = block(q0, x0)
+        torch.testing.assert_close(x, x1, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(q, q2, rtol=1e-5, atol=1e-6)
+        # without the convolution: X̂ unchanged
+        flat = DecoderBlock(8, 2, 3, conv=False)
+        assert flat.conv is None and torch.equal(flat(q0, x0)[1], x0)
+        # two blocks: each convolves X̂ (Eq. 8), or the previous block's X̂' with chain_conv
+        for chain in (False, True):
+            dec = VideoDecoder(8, layers=2, heads=2, kernel=3, chain_conv=chain)
+            for p in dec.parameters():
+                torch.nn.init.normal_(p, std=0.3)
+            qa, xa = dec.blocks[0](q0, x0)
+            qb, _ = dec.blocks[1](qa, xa if chain else x0)
+            torch.testing.assert_close(dec(q0, x0), qb, rtol=1e-5, atol=1e-6)
+            assert dec.chain_conv is chain
+        assert not torch.allclose(dec.blocks[1](qa, x0)[0], qb, atol=1e-4)
+
+
+def test_new_modules_start_trunc_normal_002_with_zero_biases_and_unit_layernorms():
+    m = tiny_alt()
+    w = m.query_mlp.weight.detach()
+    assert float(w.std()) == pytest.approx(0.02, rel=0.05) and float(w.mean()) == pytest.approx(0, abs=1e-3)
+    for mod in (m.query_mlp, m.final_mlp, m.decoder.blocks[0].conv, m.decoder.blocks[3].cross_attn.out_proj):
+        assert torch.equal(mod.bias, torch.zeros_like(mod.bias))
+    conv = m.decoder.blocks[1].conv.weight.detach()
+    assert float(conv.std()) == pytest.approx(0.02, rel=0.1)
+    ln = m.decoder.blocks[2].ln_frames
+    assert torch.equal(ln.weight, torch.ones(32)) and torch.equal(ln.bias, torch.zeros(32))
+    assert ln.eps == 1e-5
+    assert m.decoder.blocks[0].self_attn.heads == 8 and m.decoder.blocks[0].conv.padding == (1,)
+    assert len(m.decoder.blocks) == 4 and m.decoder.blocks[0].conv.kernel_size == (3,)
+    assert tiny_alt(conv_kernel=5).decoder.blocks[0].conv.padding == (2,)
+    from vclip.methods.alt import DecoderBlock, VideoDecoder
+
+    assert VideoDecoder(8, 1, 2).chain_conv is False                      # Eq. 8: every block convolves X̂
+    # the defaults of the decoder classes: ALT-B's M = 4 blocks, 8 heads, temporal kernel 3
+    plain = VideoDecoder(16)
+    assert len(plain.blocks) == 4 and plain.blocks[0].self_attn.heads == 8
+    assert plain.blocks[0].conv.kernel_size == (3,) and DecoderBlock(16, 2).conv.kernel_size == (3,)
+    assert m.merging.proportional_attention is True
+    assert tiny_alt(proportional_attention=False).merging.proportional_attention is False
+
+
+def test_outputs_equal_eqs_6_to_10_by_hand_for_both_query_pools():
+    """Evaluation (no noise): Â S gathers each token's best entity; Q̂ = MLP(flatten), or MLP of the
+    size-weighted mean; the decoder reads the class rows; z = Linear(mean_t Q̂_M); logits =
+    exp(logit_scale) · cos(z, c)."""
+    g = torch.Generator().manual_seed(3)
+    for pool in ("flatten", "mean"):
+        m = tiny_alt(query_pool=pool).eval()
+        n = m.num_tokens
+        x = torch.randn(2, 4, n, 32, generator=g)
+        sizes = torch.randint(1, 4, (2, 4, n), generator=g).float()
+        s = F.normalize(torch.randn(11, 32, generator=g), dim=-1)
+        c = F.normalize(torch.randn(3, 32, generator=g), dim=-1)
+        with torch.no_grad():
+            out = m.outputs({"tokens": x, "sizes": sizes}, {"classes": c, "entities": s})
+            best = (F.normalize(x, dim=-1) @ s.t()).argmax(-1)
+            aligned = s[best]
+            if pool == "flatten":
+                q = F.linear(aligned.reshape(2, 4, n * 32), m.query_mlp.weight, m.query_mlp.bias)
+            else:
+                wts = sizes / sizes.sum(-1, keepdim=True)
+                q = F.linear((aligned * wts[..., None]).sum(2), m.query_mlp.weight, m.query_mlp.bias)
+            z = F.linear(m.decoder(q, x[:, :, 0]).mean(1), m.final_mlp.weight, m.final_mlp.bias)
+            logits = m.clip.logit_scale.exp() * F.normalize(z, dim=-1) @ c.t()
+        torch.testing.assert_close(out.aux["video"], z, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out.logits, logits, rtol=1e-5, atol=1e-5)
+        assert torch.equal(out.aux["assignment"], best)
+        assert torch.equal(m.logits({"tokens": x, "sizes": sizes}, {"classes": c, "entities": s}), out.logits)
+        # float64 class features and tokens: cast to the video embedding's / the tokens' dtype
+        with torch.no_grad():
+            wide = m.outputs({"tokens": x, "sizes": sizes}, {"classes": c.double(), "entities": s})
+            assert m.align(x.double(), s)[0].dtype == torch.float64
+        torch.testing.assert_close(wide.logits, out.logits)
+
+
+def test_training_alignment_is_the_gumbel_assignment_of_the_scaled_cosines():
+    """Training mode: Â = hard_alignment(w, τ) on the global RNG with w = cos(X, S) (× exp(logit_scale)
+    with align_scale), aligned = Â S and the index its argmax."""
+    from vclip.methods import alt as alt_module
+
+    g = torch.Generator().manual_seed(4)
+    tokens = torch.randn(2, 3, 5, 32, generator=g)
+    s = F.normalize(torch.randn(6, 32, generator=g), dim=-1)
+    for scale, tau in ((False, 0.5), (True, 2.0)):
+        m = tiny_alt(align_scale=scale, tau=tau).train()
+        with torch.no_grad():
+            m.clip.logit_scale.fill_(1.5)
+        torch.manual_seed(9)
+        aligned, index = m.align(tokens, s)
+        w = F.normalize(tokens, dim=-1) @ s.t()
+        if scale:
+            w = w * torch.exp(torch.tensor(1.5))
+        torch.manual_seed(9)
+        a_hat = alt_module.hard_alignment(w, tau, noise=True)
+        torch.testing.assert_close(aligned, a_hat @ s, rtol=1e-6, atol=1e-6)
+        assert torch.equal(index, a_hat.argmax(-1))
+
+
+def test_encode_video_sizes_without_merging_and_the_token_count_error():
+    m = tiny_alt(r=0).eval()
+    assert m.num_tokens == 17
+    with torch.no_grad():
+        feats = m.encode_video(video(b=1, t=2))
+    assert torch.equal(feats["sizes"], torch.ones(1, 2, 17)) and feats["tokens"].shape == (1, 2, 17, 32)
+    m.num_tokens = 13
+    with pytest.raises(ValueError, match=r"^ALT was built for 13 region tokens per frame, the image tower gave 17 "
+                                         r"\(another image size than the model's\?\)$"):
+        m.encode_video(video(b=1, t=2))
+
+
+def test_entity_sentences_descriptors_deduplication_and_the_example_vocabulary():
+    m = tiny_alt()
+    voc = Vocabulary(("jump rope", "Jump  high"), ("{}",), (("a rope", "Feet"), ("jump",)))
+    s = m.entity_sentences(voc)
+    # label words (deduplicated by unit), body parts, then descriptors deduplicated by normalised text
+    assert s == ["jump", "rope", "high", "head", "face", "hands", "arms", "fingers", "legs", "feet", "torso",
+                 "a rope"]
+    ex = ALT.example_vocabulary(3, {"example_corpus_size": 7})
+    assert ex.class_names == ("class 0", "class 1", "class 2") and ex.templates == ("{}",)
+    assert ex.descriptors == (("entity 0", "entity 3", "entity 6"), ("entity 1", "entity 4"),
+                              ("entity 2", "entity 5"))
+    assert sum(map(len, ALT.example_vocabulary(4).descriptors)) == 5000
+    # the entity template reaches the corpus sentences; an empty corpus (only reachable by editing the
+    # object: the options refuse it) is named
+    tmpl = tiny_alt(entity_template="{unit} - {description}")
+    tmpl.corpus_entities = [{"unit": "rope", "description": "a cord"}]
+    assert tmpl.entity_sentences(Vocabulary(("run",)))[0] == "rope - a cord"
+    ws = tiny_alt().entity_sentences(Vocabulary(("run",), ("{}",), (("a  big rope", "a big  rope"),)))
+    assert ws.count("a  big rope") == 1 and "a big  rope" not in ws      # whitespace runs fold in the key
+    m.options.label_entities, m.corpus_entities = False, []
+    with pytest.raises(ConfigError, match=r"^ALT: the entity corpus is empty \(set model\.options\.corpus or "
+                                          r"label_entities\)$"):
+        m.entity_sentences(Vocabulary(("run",)))
+
+
+def test_option_errors_name_the_option():
+    for bad, match in [({"r": -2}, r"model\.options\.r: expected an int >= 0, got -2"),
+                       ({"tau": -1.0}, r"model\.options\.tau: must be > 0, got -1\.0"),
+                       ({"decoder_layers": 0}, r"^model\.options\.decoder_layers and decoder_heads must be >= 1$"),
+                       ({"decoder_heads": 0}, r"^model\.options\.decoder_layers and decoder_heads must be >= 1$"),
+                       ({"conv_kernel": 0}, r"model\.options\.conv_kernel: must be odd and >= 1, got 0"),
+                       ({"conv_kernel": 4}, r"model\.options\.conv_kernel: must be odd and >= 1, got 4"),
+                       ({"example_corpus_size": 0}, r"model\.options\.example_corpus_size: must be >= 1, got 0"),
+                       ({"entity_template": "{description}"}, r"model\.options\.entity_template: .* must contain "
+                                                              r"\{unit\}"),
+                       ({"label_entities": False}, r"^model\.options: label_entities is false and no corpus is "
+                                                   r"given: the entity corpus would be empty$")]:
+        with pytest.raises(ConfigError, match=match):
+            ALT.parse_options(bad)
+    for good in ({"r": 0}, {"conv_kernel": 1}, {"decoder_layers": 1, "decoder_heads": 1}, {"example_corpus_size": 1},
+                 {"tau": 1e-3}):
+        ALT.parse_options(good)

@@ -455,3 +455,112 @@ def test_vclip_train_eval_predict_with_vilt(synth, tmp_path, capsys):
     assert len(probs) == 2 and probs[0] >= probs[1] > 0
     names = (synth / "labels.csv").read_text()
     assert all(t["class"] in names for t in item["top"])
+
+
+# ------------------------------------------------------------------ values a broken module changes
+def test_per_layer_mapping_applies_block_js_own_linear():
+    """``mapping: per_layer``: one Linear per block (MaPLe's), V_i = F_i(P_i) for i < K and
+    U_i = F̃_j(P̃_j) above K — not the shared one, not another block's."""
+    m = vilt(prompt_length=2, mapping="per_layer").eval()
+    assert isinstance(m.F, torch.nn.ModuleList) and len(m.F) == 2 and len(m.F_tilde) == 2
+    assert (m.F[0].in_features, m.F[0].out_features) == (32, 64)
+    assert (m.F_tilde[1].in_features, m.F_tilde[1].out_features) == (64, 32)
+    with torch.no_grad():
+        vision, text = m.prompts()
+        for i in range(2):
+            torch.testing.assert_close(vision[i], m.F[i](m.P[i]))
+            torch.testing.assert_close(text[2 + i], m.F_tilde[i](m.P_tilde[i]))
+        assert not torch.allclose(vision[1], m.F[0](m.P[1]), atol=1e-4)
+    assert [t.shape for t in vision] == [(2, 64)] * 4 and [t.shape for t in text] == [(2, 32)] * 4
+
+
+def test_prompts_start_normal_with_the_configured_std_and_coupling_none_has_no_switch():
+    m = vilt(prompt_length=16)
+    for p in (m.P, m.P_tilde):
+        assert float(p.detach().std()) == pytest.approx(0.02, rel=0.1)
+        assert float(p.detach().abs().max()) < 0.02 * 6
+    assert float(vilt(prompt_init_std=0.5).P.detach().std()) == pytest.approx(0.5, rel=0.15)
+    assert vilt(coupling="none").switch_layer == 0
+    # a depth below N // 2 moves the default switch down to it; an explicit K is kept
+    assert (vilt(prompt_depth=1).switch_layer, vilt(prompt_depth=3, switch_layer=3).switch_layer) == (1, 3)
+
+
+def test_zero_depth_has_no_hooks_and_never_checks_the_prompt_length():
+    m = vilt(prompt_depth=0, prompt_length=200)
+    assert m.vision_hooks() == [] and m.text_hooks() == []
+    assert m.encode_vocabulary(vocab())["classes"].shape == (4, 32)   # no prompt tokens: no length error
+
+
+def test_the_length_check_allows_exactly_the_context_and_runs_once_per_vocabulary(monkeypatch):
+    """'moving left.' is 5 tokens with SOS/EOT: b = 72 fills the 77-token context exactly (allowed),
+    b = 73 does not (the options test). The check tokenizes once per vocabulary and prompt length."""
+    import vclip.backbone.tokenizer as tokenizer
+
+    m = vilt(prompt_length=72)
+    calls = []
+    real = tokenizer.get_tokenizer
+    monkeypatch.setattr(tokenizer, "get_tokenizer", lambda: calls.append(1) or real())
+    with torch.no_grad():
+        m.encode_vocabulary(vocab())
+        m.encode_vocabulary(vocab())
+    assert len(calls) == 1
+    m.encode_vocabulary(Vocabulary(NAMES[:2], ("{}.",)))
+    assert len(calls) == 2
+
+
+def test_logits_accept_a_tensor_and_cast_the_class_features_to_the_video_dtype():
+    m = vilt().eval()
+    g = torch.Generator().manual_seed(5)
+    v = torch.randn(3, 32, generator=g, dtype=torch.float64)
+    c = F.normalize(torch.randn(4, 32, generator=g), dim=-1)
+    out = m.logits(v, c)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, F.normalize(v, dim=-1) @ c.double().t() / 0.07)
+    torch.testing.assert_close(m.logits(v, {"classes": c}), out)
+
+
+def test_label_smoothing_reaches_ce_and_the_missing_reference_message():
+    m = vilt().train()
+    video, y = batch()
+    out = m(video, vocab(), y, label_smoothing=0.2)
+    ce = F.cross_entropy(out.logits, y, label_smoothing=0.2)
+    assert float(out.losses["ce"]) == pytest.approx(float(ce), abs=1e-6)
+    assert float(out.losses["ce"]) != pytest.approx(float(F.cross_entropy(out.logits, y)), abs=1e-4)
+    # called directly, without label_smoothing: none (the default 0)
+    assert float(m.losses(out, y)["ce"]) == pytest.approx(float(F.cross_entropy(out.logits, y)), abs=1e-6)
+    m.eval()
+    with torch.no_grad():
+        ev = m(video, vocab())
+    with pytest.raises(ValueError, match=r"^ViLT-CLIP's scenario loss needs the reference class features, which "
+                                         r"the method attaches in training mode \(call \.train\(\) before a "
+                                         r"forward with targets\)$"):
+        m.losses(ev, y)
+
+
+def test_reference_follows_the_class_names_and_unfrozen_clip_trains():
+    m = vilt().train()
+    a = m.reference_features(NAMES[:2])
+    b = m.reference_features(NAMES[2:])
+    assert not torch.allclose(a, b, atol=1e-3)
+    torch.testing.assert_close(m.reference_features(NAMES[:2]), a)
+    free = vilt(freeze_clip=False).train()
+    assert free.clip.logit_scale.requires_grad and free.clip.text.token_embedding.weight.requires_grad
+    video, y = batch()
+    out = free(video, vocab(), y)
+    weighted_loss(out.losses, free.loss_weights).backward()
+    assert free.clip.visual.conv1.weight.grad is not None
+
+
+def test_option_errors_name_the_option_and_the_bounds():
+    for opts, match in [({"prompt_length": 0}, r"^model\.options\.prompt_length: must be >= 1, got 0$"),
+                        ({"prompt_depth": -1}, r"^model\.options\.prompt_depth: must be >= 0 \(or null\), got -1$"),
+                        ({"switch_layer": -2}, r"^model\.options\.switch_layer: must be >= 0 \(or null\), got -2$"),
+                        ({"temperature": 0.0}, r"^model\.options\.temperature: must be > 0 \(or null for CLIP's "
+                                               r"scale\), got 0\.0$"),
+                        ({"reference_template": "{} {}"}, r"^model\.options\.reference_template: '\{\} \{\}' must "
+                                                          r"contain one \{\} \(the class name\)$"),
+                        ({"prompt_init_std": -0.1}, r"^model\.options\.prompt_init_std: must be >= 0, got -0\.1$")]:
+        with pytest.raises(ConfigError, match=match):
+            ViLTCLIP.parse_options(opts)
+    for good in ({"prompt_length": 1}, {"prompt_init_std": 0.0}, {"prompt_depth": 0, "switch_layer": 0}):
+        ViLTCLIP.parse_options(good)
