@@ -103,6 +103,9 @@ ERRORS_NOT_RUN = {
 #: `-c` files a documented command names that do not exist: command -> why
 HYPOTHETICAL_CONFIGS = {
     "vclip train -c base.yaml -c k400.yaml": "docs/training.md: the order of several -c files, in general",
+    "vclip train -c fs1000/runs/xclip__fully_supervised/sup_k400_train/config.yaml output_dir=diag "
+    "data.val_list=w48k/k400/val.txt name=x3000 model.method=xclip data.aug.crop=center train.max_steps=3000 "
+    "train.log_every=100 train.eval_every=4": "docs/suite.md: the run config the `vclip suite` line above it writes",
 }
 
 
