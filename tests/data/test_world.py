@@ -211,3 +211,33 @@ def test_more_pretraining_frames(tiny_world, tmp_path):
         W.generate_world(out, size="tiny", seed=0)
     with pytest.raises(ConfigError, match="pretrain-frames"):
         W.generate_world(tmp_path / "x", size="tiny", pretrain_frames=0)
+
+
+def test_more_source_training_videos_per_class(tiny_world, tmp_path):
+    """`--train-per-class N`: N training videos per K400 class instead of the size's; every other
+    set is the size's own; the test lists keep their length; another count in the folder is refused."""
+    from vclip.cli import main
+
+    out = tmp_path / "w"
+    assert main(["data", "world", str(out), "--size", "tiny", "--workers", "1", "--quiet",
+                 "--train-per-class", "5"]) == 0
+
+    def per_class(path):
+        counts: dict[str, int] = {}
+        for line in path.read_text().splitlines():
+            counts[line.split()[-1]] = counts.get(line.split()[-1], 0) + 1
+        return counts
+
+    small, big = per_class(tiny_world / "k400" / "train.txt"), per_class(out / "k400" / "train.txt")
+    assert set(big) == set(small) and set(big.values()) == {5} and max(small.values()) < 5
+    assert len((out / "k400" / "val.txt").read_text().splitlines()) == \
+        len((tiny_world / "k400" / "val.txt").read_text().splitlines())
+    for name in ("ucf101", "hmdb51"):
+        assert (out / name / "train1.txt").read_text() == (tiny_world / name / "train1.txt").read_text()
+    assert json.loads((out / "manifest.json").read_text())["config"]["train_per_class"] == 5
+    from vclip.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="source training videos per class"):
+        W.generate_world(out, size="tiny", seed=0)
+    with pytest.raises(ConfigError, match="train-per-class"):
+        W.generate_world(tmp_path / "x", size="tiny", train_per_class=0)

@@ -498,3 +498,9 @@ def test_shipped_suite_configs_load_and_the_diagnostic_differs_only_in_its_budge
         cfg["run"]["train"] = {k: v for k, v in cfg["run"]["train"].items() if k not in ("max_steps", "lr", "log_every")}
     default.pop("token_merging")
     assert longer == default
+    fs3000 = S.load_suite_config(S.CONFIG_DIR / "fs3000.yaml")
+    assert fs3000["run"]["train"]["max_steps"] == 3000 and fs3000["run"]["train"]["eval_every"] == 4
+    assert fs3000["run"]["data"]["aug"].pop("crop") == "center"
+    fs3000["run"]["train"] = {k: v for k, v in fs3000["run"]["train"].items()
+                              if k not in ("max_steps", "lr", "log_every", "eval_every")}
+    assert fs3000 == longer
