@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,15 +10,9 @@ import torch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "pretrain_progress.py"
-
-
 @pytest.fixture(scope="module")
-def progress_module():
-    spec = importlib.util.spec_from_file_location("pretrain_progress", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def progress_module(load_benchmark):
+    return load_benchmark("pretrain_progress")
 
 
 def test_scores_the_model_of_a_stopped_pretraining(progress_module, tmp_path, monkeypatch):

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "pretrain_step_cost.py"
-
-
-def test_both_variants_train_the_same_model_and_are_timed(tmp_path):
+def test_both_variants_train_the_same_model_and_are_timed(tmp_path, load_benchmark):
     from vclip.data.world import generate_world
 
-    spec = importlib.util.spec_from_file_location("pretrain_step_cost", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("pretrain_step_cost")
     world = tmp_path / "w"
     generate_world(world, size="tiny", workers=1, seed=0)
     out = tmp_path / "cost.json"

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "world_shape_probe.py"
-
-
 @pytest.fixture(scope="module")
-def probe_module():
-    spec = importlib.util.spec_from_file_location("world_shape_probe", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def probe_module(load_benchmark):
+    return load_benchmark("world_shape_probe")
 
 
 @pytest.fixture(scope="module")
