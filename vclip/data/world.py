@@ -554,7 +554,7 @@ def _base_novel(ds_units: list[list[int]], classes: list[str], seed: int, name: 
 def generate_world(out_dir, size: str = "quick", workers: int = 1, seed: int = 0, progress: bool = False,
                    pretrain_frames: int | None = None, train_per_class: int | None = None) -> dict:
     """Write the world under ``out_dir`` (see the module docstring); returns a summary (counts,
-    bytes, seconds, paths). The files depend on ``(size, seed, pretrain_frames)`` only, never on
+    bytes, seconds, paths). The files depend on ``(size, seed, pretrain_frames, train_per_class)`` only, never on
     ``workers``. ``pretrain_frames``: the number of still training frames for pretraining instead
     of the size's (frame i is the same in every world of that seed; the test frames follow them).
     ``train_per_class``: training videos per class of the source set (``k400``) instead of the
