@@ -237,7 +237,41 @@ def test_more_source_training_videos_per_class(tiny_world, tmp_path):
     assert json.loads((out / "manifest.json").read_text())["config"]["train_per_class"] == 5
     from vclip.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="source training videos per class"):
+    with pytest.raises(ConfigError, match="source training videos and"):
         W.generate_world(out, size="tiny", seed=0)
     with pytest.raises(ConfigError, match="train-per-class"):
         W.generate_world(tmp_path / "x", size="tiny", train_per_class=0)
+
+
+def test_more_test_videos_per_class(tiny_world, tmp_path):
+    """`--test-per-class N`: N test videos per class of k400, ucf101 and hmdb51 (each target split
+    tests a fold of N per class, the rest of the class's videos are its training list); k600 keeps
+    its own; another count in the folder is refused."""
+    from vclip.cli import main
+    from vclip.errors import ConfigError
+
+    out = tmp_path / "w"
+    assert main(["data", "world", str(out), "--size", "tiny", "--workers", "1", "--quiet",
+                 "--test-per-class", "3"]) == 0
+    info = json.loads((out / "manifest.json").read_text())
+    assert info["config"]["test_per_class"] == 3
+
+    def per_class(path):
+        counts: dict[str, int] = {}
+        for line in path.read_text().splitlines():
+            counts[line.split()[-1]] = counts.get(line.split()[-1], 0) + 1
+        return counts
+
+    assert set(per_class(out / "k400" / "val.txt").values()) == {3}
+    assert per_class(out / "k400" / "train.txt") == per_class(tiny_world / "k400" / "train.txt")
+    for name in ("ucf101", "hmdb51"):
+        for s in (1, 2, 3):
+            test, train = ((out / name / f"{k}{s}.txt").read_text().splitlines() for k in ("test", "train"))
+            assert set(per_class(out / name / f"test{s}.txt").values()) == {3}
+            assert not set(test) & set(train) and len(test) + len(train) == len(set(test) | set(train))
+            assert per_class(out / name / f"train{s}.txt") == per_class(tiny_world / name / f"train{s}.txt")
+    assert (out / "k600" / "val.txt").read_text() == (tiny_world / "k600" / "val.txt").read_text()
+    with pytest.raises(ConfigError, match="test videos per class"):
+        W.generate_world(out, size="tiny", seed=0)
+    with pytest.raises(ConfigError, match="test-per-class"):
+        W.generate_world(tmp_path / "x", size="tiny", test_per_class=0)

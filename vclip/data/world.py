@@ -552,13 +552,18 @@ def _base_novel(ds_units: list[list[int]], classes: list[str], seed: int, name: 
 
 
 def generate_world(out_dir, size: str = "quick", workers: int = 1, seed: int = 0, progress: bool = False,
-                   pretrain_frames: int | None = None, train_per_class: int | None = None) -> dict:
+                   pretrain_frames: int | None = None, train_per_class: int | None = None,
+                   test_per_class: int | None = None) -> dict:
     """Write the world under ``out_dir`` (see the module docstring); returns a summary (counts,
-    bytes, seconds, paths). The files depend on ``(size, seed, pretrain_frames, train_per_class)`` only, never on
+    bytes, seconds, paths). The files depend on ``(size, seed, pretrain_frames, train_per_class,
+    test_per_class)`` only, never on
     ``workers``. ``pretrain_frames``: the number of still training frames for pretraining instead
     of the size's (frame i is the same in every world of that seed; the test frames follow them).
     ``train_per_class``: training videos per class of the source set (``k400``) instead of the
-    size's (16 for ``default``); the other sets and every test set keep the size's."""
+    size's (16 for ``default``); the other sets keep the size's. ``test_per_class``: test videos per
+    class of every set but ``k600`` (its own count) instead of the size's (4 for ``default``); a
+    target set's three splits test three folds of that many of its videos per class (disjoint
+    when its training count is at least twice the test count)."""
     if size not in WORLD_SIZES:
         raise ConfigError(f"world size must be one of {', '.join(WORLD_SIZES)}, got {size!r}")
     if workers < 1:
@@ -572,15 +577,20 @@ def generate_world(out_dir, size: str = "quick", workers: int = 1, seed: int = 0
         if train_per_class < 1:
             raise ConfigError(f"--train-per-class must be >= 1, got {train_per_class}")
         cfg["train_per_class"] = int(train_per_class)
+    if test_per_class is not None:
+        if test_per_class < 1:
+            raise ConfigError(f"--test-per-class must be >= 1, got {test_per_class}")
+        cfg["test_per_class"] = int(test_per_class)
     out = Path(out_dir)
     if (out / "manifest.json").exists():
         old = json.loads((out / "manifest.json").read_text())
         was = old.get("config") or {}
         if old.get("seed") != seed or old.get("size") != size or \
-                any(was.get(k, cfg[k]) != cfg[k] for k in ("frames_train", "train_per_class")):
+                any(was.get(k, cfg[k]) != cfg[k] for k in ("frames_train", "train_per_class", "test_per_class")):
             raise ConfigError(f"{out}: holds a world of size {old.get('size')!r} seed {old.get('seed')} with "
-                              f"{was.get('frames_train')} pretraining frames and {was.get('train_per_class')} "
-                              "source training videos per class; choose an empty folder")
+                              f"{was.get('frames_train')} pretraining frames, {was.get('train_per_class')} "
+                              f"source training videos and {was.get('test_per_class')} test videos per class; "
+                              "choose an empty folder")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     h = w = cfg["image"]
@@ -776,7 +786,8 @@ def _spec_yaml(info: dict) -> str:
 # ------------------------------------------------------------------------------------- CLI
 def _cmd_world(args) -> int:
     s = generate_world(args.out, size=args.size, workers=args.workers, seed=args.seed, progress=not args.quiet,
-                       pretrain_frames=args.pretrain_frames, train_per_class=args.train_per_class)
+                       pretrain_frames=args.pretrain_frames, train_per_class=args.train_per_class,
+                       test_per_class=args.test_per_class)
     c = s["counts"]
     print(f"wrote the world ({args.size}, seed {args.seed}) to {s['out']}: {s['videos']} videos "
           f"(k400 {c['k400_classes']} classes, ucf101 {c['ucf101_classes']}, hmdb51 {c['hmdb51_classes']}, "
@@ -799,5 +810,7 @@ def register_cli(data_subparsers) -> None:
                    help="still training frames for `vclip pretrain` (default: the size's, 8000 for default)")
     p.add_argument("--train-per-class", type=int, default=None, metavar="N",
                    help="training videos per class of the source set k400 (default: the size's, 16 for default)")
+    p.add_argument("--test-per-class", type=int, default=None, metavar="N",
+                   help="test videos per class of k400, ucf101 and hmdb51 (default: the size's, 4 for default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_world)

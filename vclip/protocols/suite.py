@@ -64,6 +64,8 @@ TITLES = {"fully_supervised": "Fully-supervised", "zero_shot": "Zero-shot", "few
           "base_to_novel": "Base-to-novel"}
 #: the keys a suite config may hold
 CONFIG_KEYS = {"world", "pretrain", "arch", "cache", "token_merging", "run", "methods", "protocols"}
+#: the options of the ``world`` section (:func:`vclip.data.world.generate_world`'s)
+WORLD_KEYS = {"size", "seed", "train_per_class", "test_per_class", "pretrain_frames"}
 PROTOCOL_KEYS = {
     "fully_supervised": {"dataset", "views", "overrides"},
     "zero_shot": {"train_dataset", "datasets", "k600_seeds", "k600_classes", "overrides"},
@@ -107,6 +109,10 @@ def load_suite_config(path) -> dict:
         if extra:
             raise ConfigError(f"suite config {path}: protocols.{name}.{extra[0]}: unknown option "
                               f"(known: {', '.join(sorted(PROTOCOL_KEYS[name]))})")
+    world = cfg.get("world") or {}
+    bad = sorted(set(world) - WORLD_KEYS) if isinstance(world, dict) else ["(not a mapping)"]
+    if bad:
+        raise ConfigError(f"suite config {path}: world.{bad[0]}: unknown option (known: {', '.join(sorted(WORLD_KEYS))})")
     tm = cfg.get("token_merging")
     if tm is not None and not (isinstance(tm, dict) and set(tm) == {"r"} and isinstance(tm["r"], int)
                                and not isinstance(tm["r"], bool) and tm["r"] >= 1):
@@ -351,8 +357,10 @@ class Suite:
                 gen = _contract("vclip.data.world", "generate_world", "--world")
                 wc = self.cfg.get("world") or {}
                 print(f"suite: generating the world in {self.world} (size {wc.get('size', 'default')})", flush=True)
+                extra = {k: int(wc[k]) for k in ("train_per_class", "test_per_class", "pretrain_frames")
+                         if wc.get(k) is not None}
                 self.world_info = gen(self.world, size=wc.get("size", "default"), workers=self.workers,
-                                      seed=int(wc.get("seed", 0))) or {}
+                                      seed=int(wc.get("seed", 0)), **extra) or {}
         self.world = Path(self.world).resolve()
         self.spec = self.world / "spec.yaml"
         if not self.spec.is_file():
@@ -502,10 +510,16 @@ class Suite:
             return None
 
     def run(self, on_cell: Callable[[Cell, dict], None] | None = None) -> dict:
-        """Every cell not finished yet, then the report. Returns the suite.json content."""
+        """Every cell not finished yet, then the report. Returns the suite.json content.
+
+        With ``workers`` > 1 the unfinished cells run in that many processes at once, each with
+        ``cpus // workers`` torch threads (:meth:`run_parallel`); the figures are the same cells'
+        as a one-process run up to the floating-point order of the thread count (each cell
+        records its ``machine.torch_threads``)."""
         self.prepare()
         cells = self.cells()
         results: dict[str, dict] = {}
+        todo: list[tuple[int, Cell, str]] = []
         for i, cell in enumerate(cells, 1):
             old = self.load_cell(cell)
             key = self.key(cell)
@@ -515,7 +529,9 @@ class Suite:
                 continue
             if old and old.get("status") == "done":
                 log.info("%s: made with another config, world or pretrained file; recomputing", cell.name)
-            res = self.run_cell(cell, key, results)
+            todo.append((i, cell, key))
+
+        def finished(i: int, cell: Cell, res: dict) -> None:
             results[cell.name] = res
             what = {"done": "done", "skipped": f"skipped ({res.get('reason')})",
                     "failed": f"FAILED ({res.get('reason')})"}[res["status"]]
@@ -523,7 +539,60 @@ class Suite:
                   f"in {res.get('seconds', 0):.1f} s", flush=True)
             if on_cell:
                 on_cell(cell, res)
+
+        if self.workers > 1 and len(todo) > 1:
+            self.run_parallel(todo, results, finished)
+        else:
+            for i, cell, key in todo:
+                finished(i, cell, self.run_cell(cell, key, results))
         return self.report(results)
+
+    def tasks(self, todo: Sequence[tuple[int, Cell, str]]) -> list[list[tuple[int, Cell, str]]]:
+        """The unfinished cells as independent tasks for :meth:`run_parallel`: a row's zero-shot
+        cell runs after its fully-supervised cell, in the same task (it evaluates that cell's
+        checkpoint); every other cell is a task of its own. Longest first (trained rows' chains,
+        then base-to-novel, few-shot, zero-shot; the untrained row last), so that the last task
+        to start is a short one."""
+        chains: dict[str, list[tuple[int, Cell, str]]] = {}
+        tasks: list[list[tuple[int, Cell, str]]] = []
+        for item in todo:
+            cell = item[1]
+            if cell.protocol in ("fully_supervised", "zero_shot") and not cell.row.eval_only:
+                chains.setdefault(cell.row.name, []).append(item)
+            else:
+                tasks.append([item])
+        tasks += list(chains.values())
+        weight = {"fully_supervised": 4, "base_to_novel": 3, "few_shot": 2, "zero_shot": 1}
+
+        def cost(task):
+            return (not task[0][1].row.eval_only, sum(weight[c.protocol] for _, c, _ in task))
+        return sorted(tasks, key=cost, reverse=True)
+
+    def run_parallel(self, todo: Sequence[tuple[int, Cell, str]], results: dict[str, dict],
+                     finished: Callable[[int, Cell, dict], None]) -> None:
+        """:meth:`tasks` in ``workers`` processes (spawned: no torch state is forked), each with
+        ``max(1, cpus // workers)`` torch threads. Every cell is saved by the process that ran it,
+        as in a one-process run, so an interrupted parallel suite resumes the same way; on an
+        interrupt the tasks not started are cancelled."""
+        import multiprocessing as mp
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        threads = max(1, _cpus() // self.workers)
+        order = {item[1].name: item for item in todo}
+        with ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn")) as pool:
+            pending = {pool.submit(_run_task, self, [(c, k) for _, c, k in task], dict(results), threads)
+                       for task in self.tasks(todo)}
+            try:
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        for name, res in fut.result():
+                            i, cell, _ = order[name]
+                            finished(i, cell, res)
+            except BaseException:
+                for fut in pending:
+                    fut.cancel()
+                raise
 
     def protocol_datasets(self, protocol: str) -> list[str]:
         o = (self.cfg.get("protocols") or {})[protocol] or {}
@@ -753,6 +822,31 @@ class Suite:
         atomic_write_text(self.out / "suite.md", md)
         plot(self, cells, self.out / "suite.png")
         return data
+
+
+def _cpus() -> int:
+    """CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _run_task(suite: Suite, items: Sequence[tuple[Cell, str]], done: dict, threads: int) -> list[tuple[str, dict]]:
+    """One task of :meth:`Suite.run_parallel`, in a worker process: its cells in order, with
+    ``threads`` torch threads; a cell sees the results finished before the task started and
+    those of the task's earlier cells."""
+    import torch
+
+    torch.set_num_threads(threads)
+    suite.machine = machine()
+    done = dict(done)
+    out = []
+    for cell, key in items:
+        res = suite.run_cell(cell, key, done)
+        done[cell.name] = res
+        out.append((cell.name, res))
+    return out
 
 
 def few_shot_plan(ds, shots: Sequence[int], batch_size: int) -> tuple[list[int], dict]:
@@ -1030,7 +1124,9 @@ def register(subparsers) -> None:
                                                         "OUT/pretrained/clip.pt)")
     p.add_argument("--methods", help="comma-separated registered methods (default: all)")
     p.add_argument("--protocols", help="comma-separated protocols (default: all four)")
-    p.add_argument("--workers", type=int, default=1, help="processes generating the world")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes generating the world and the frame cache, and cells run at once "
+                        "(each with cores / N torch threads)")
     p.set_defaults(handler=_cli)
 
 
