@@ -550,3 +550,24 @@ def test_parallel_tasks_keep_a_rows_zero_shot_after_its_training():
     # a zero-shot cell whose training cell finished earlier is a task of its own
     tasks = [[c.name for _, c, _ in t] for t in suite.tasks([todo[5]])]
     assert tasks == [["xclip__zero_shot"]]
+
+
+def test_overrides_on_the_command_line(tmp_path, world, pretrained, capsys):
+    """`vclip suite ... KEY=VALUE`: every row's run config gets the override, the suite's command
+    records it, a changed override recomputes the cells, a malformed one is refused up front."""
+    cfg = small_config(tmp_path, protocols=small_protocols())
+    out = tmp_path / "suite"
+    common = ("--methods", "clip", "--protocols", "fully-supervised")
+    assert main(suite_args(out, world, pretrained, cfg, *common, "train.seed=7")) == 0
+    for row in (S.BASELINE, "clip"):
+        assert yaml.safe_load((out / "configs" / f"{row}.yaml").read_text())["train"]["seed"] == 7
+    data = json.loads((out / "suite.json").read_text())
+    assert data["command"].endswith("train.seed=7")
+    first = {n: c["key"] for n, c in data["cells"].items()}
+    assert main(suite_args(out, world, pretrained, cfg, *common, "train.seed=8")) == 0
+    again = json.loads((out / "suite.json").read_text())
+    assert all(again["cells"][n]["key"] != k for n, k in first.items())
+    assert yaml.safe_load((out / "configs" / "clip.yaml").read_text())["train"]["seed"] == 8
+    capsys.readouterr()
+    assert main(suite_args(tmp_path / "bad", world, pretrained, cfg, *common, "=3")) == 2
+    assert "empty key" in capsys.readouterr().err and not (tmp_path / "bad").exists()

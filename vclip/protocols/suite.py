@@ -322,6 +322,7 @@ class Suite:
     workers: int = 1
     progress: bool = True
     argv: Sequence[str] | None = None
+    overrides: Sequence[str] = ()
 
     def __post_init__(self):
         from vclip.methods import METHODS
@@ -445,11 +446,14 @@ class Suite:
         return spec
 
     def _base_config(self) -> dict:
-        """The run config every cell starts from: the suite's ``run`` section, the pretrained
-        file, its architecture name, and its native image size where the config sets none."""
-        from vclip.config import deep_merge
+        """The run config every cell starts from: the suite's ``run`` section with the command
+        line's ``KEY=VALUE`` overrides, the pretrained file, its architecture name, and its native
+        image size where the config sets none."""
+        from vclip.config import deep_merge, parse_override
 
         base = deep_merge({}, self.cfg.get("run") or {})
+        for o in self.overrides:  # `vclip suite ... KEY=VALUE`: every row's run config
+            base = deep_merge(base, parse_override(o))
         arch = self.cfg.get("arch")
         if arch is None:
             try:
@@ -1127,6 +1131,9 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, default=1,
                    help="processes generating the world and the frame cache, and cells run at once "
                         "(each with cores / N torch threads)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="overrides of the run config every cell starts from (e.g. train.seed=1); a cell "
+                        "they change is recomputed")
     p.set_defaults(handler=_cli)
 
 
@@ -1142,10 +1149,16 @@ def _cli(args) -> int:
             argv += [f"--{opt}", getattr(args, opt)]
     if args.workers != 1:
         argv += ["--workers", str(args.workers)]
+    from vclip.config import parse_override
+
+    for o in args.overrides:  # a bad one is refused before the world is made
+        parse_override(o)
+    argv += list(args.overrides)
     suite = Suite(out=Path(args.out), config_file=config_path(args.quick, args.config),
                   world=Path(args.world) if args.world else None,
                   pretrained=Path(args.pretrained) if args.pretrained else None,
-                  methods=names(args.methods), protocols=names(args.protocols), workers=args.workers, argv=argv)
+                  methods=names(args.methods), protocols=names(args.protocols), workers=args.workers, argv=argv,
+                  overrides=list(args.overrides))
     try:
         data = suite.run()
     except TrainingInterrupted as e:
