@@ -163,6 +163,9 @@ class EvalConfig:
     aggregation: Literal["softmax_sum", "mean_logits"] = "softmax_sum"
     #: sample the temporal views randomly as the official repos do (not deterministic)
     compat_random_test_clips: bool = False
+    #: frames of a deterministic view: "middle" of each segment (the official rule) or "symmetric"
+    #: (the same frames for a clip and its reverse, up to order: vclip.data.sampling.segment_indices)
+    test_positions: Literal["middle", "symmetric"] = "middle"
     confusion_png: bool = True
     #: torch.compile the per-batch scoring (video tower + head; class features encoded once):
     #: null (off), "default", "reduce-overhead" (CUDA graphs replayed for the fixed batch shape;

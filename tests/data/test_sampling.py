@@ -240,3 +240,32 @@ def test_segment_train_clamps_float_rounding_to_the_last_frame():
     floor((k + u) N / T) would be N; it is clamped to N - 1."""
     idx = segment_indices(8, 8, test_mode=False, rng=ConstRng(np.nextafter(1.0, 0.0)))
     assert idx.tolist() == [[0, 2, 3, 4, 5, 6, 7, 7]]
+
+
+def test_symmetric_test_positions_map_onto_themselves_when_the_clip_is_reversed():
+    # the world's clips: 16 frames, 4 segments; the official middle frames are not symmetric
+    assert segment_indices(16, 4, test_mode=True).tolist() == [[2, 6, 10, 14]]
+    assert segment_indices(16, 4, test_mode=True, symmetric=True).tolist() == [[2, 6, 9, 13]]
+    # two views: each is the other reversed
+    assert segment_indices(16, 4, test_mode=True, num_clips=2, symmetric=True).tolist() == [[1, 5, 8, 12], [3, 7, 10, 14]]
+    for n in range(2, 40):
+        for t in range(1, min(n, 12) + 1):
+            for j in (1, 2, 3, 4):
+                sym = segment_indices(n, t, test_mode=True, num_clips=j, symmetric=True)
+                mid = segment_indices(n, t, test_mode=True, num_clips=j)
+                assert np.abs(sym - mid).max() <= 1, (n, t, j)  # the frame nearest the same position
+                assert (np.diff(sym, axis=1) >= 0).all()
+                if n % 2 == 0 and t % 2 == 1 and j % 2 == 1:
+                    continue  # a view centred on the middle of an even-length clip: no middle frame
+                assert sorted((n - 1 - sym).ravel()) == sorted(sym.ravel()), (n, t, j)
+    # the option on the sampler; training draws are unaffected; bad values are refused
+    s = FrameSampler("segment", num_frames=4, test_mode=True, test_positions="symmetric")
+    assert s(16).tolist() == [[2, 6, 9, 13]]
+    rng_a, rng_b = np.random.default_rng(0), np.random.default_rng(0)
+    assert np.array_equal(FrameSampler("segment", num_frames=4, test_positions="symmetric")(16, rng_a),
+                          FrameSampler("segment", num_frames=4)(16, rng_b))
+    with pytest.raises(ConfigError, match="test_positions"):
+        FrameSampler("segment", test_positions="mirror")
+    with pytest.raises(ConfigError, match="segment sampling"):
+        FrameSampler("dense", test_positions="symmetric")
+    assert build_sampler({"test_positions": "symmetric"}, test_mode=True).test_positions == "symmetric"

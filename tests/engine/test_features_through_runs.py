@@ -211,3 +211,32 @@ def test_compat_random_test_clips_draws_clip_positions_from_the_seed(trained):
     assert torch.equal(c, c2)  # reproducible for one seed ...
     assert not torch.equal(c, d) and not np.array_equal(sc, sd)  # ... different clip positions per seed
     assert not torch.equal(a, c)
+
+
+def test_symmetric_test_positions_reach_the_evaluation_views(trained):
+    """``eval.test_positions: symmetric`` gives the evaluation set the reversal-symmetric frames
+    (vclip.data.sampling.segment_indices); the default keeps the official middle frames."""
+    from vclip.engine import data as run_data
+
+    cfg, _ = trained
+    names = run_data.class_names(cfg)
+    before = cfg.eval.test_positions
+    try:
+        assert before == "middle"
+        mid = run_data.eval_dataset(cfg, names)
+        cfg.eval.test_positions = "symmetric"
+        sym = run_data.eval_dataset(cfg, names)
+    finally:
+        cfg.eval.test_positions = before
+    assert mid.sampler.test_positions == "middle" and sym.sampler.test_positions == "symmetric"
+    n = 16
+    assert sym.sampler.num_clips == mid.sampler.num_clips == 2
+    assert sym.sampler(n).tolist() == segment_indices_of(n, sym.sampler.num_frames, 2, True)
+    assert mid.sampler(n).tolist() == segment_indices_of(n, mid.sampler.num_frames, 2, False)
+    assert sym.sampler(n).tolist() != mid.sampler(n).tolist()
+
+
+def segment_indices_of(n: int, t: int, clips: int, symmetric: bool) -> list:
+    from vclip.data.sampling import segment_indices
+
+    return segment_indices(n, t, test_mode=True, num_clips=clips, symmetric=symmetric).tolist()

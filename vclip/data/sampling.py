@@ -52,6 +52,7 @@ from vclip.errors import ConfigError
 
 SHORT_POLICIES = ("loop", "repeat_last")
 MODES = ("segment", "dense", "dense_sparse")
+TEST_POSITIONS = ("middle", "symmetric")
 
 
 def _check(num_frames: int, clip_len: int, num_clips: int) -> None:
@@ -83,6 +84,7 @@ def segment_indices(
     test_mode: bool,
     num_clips: int = 1,
     rng: np.random.Generator | None = None,
+    symmetric: bool = False,
 ) -> np.ndarray:
     """TSN segment sampling, ``[num_clips, num_segments]``.
 
@@ -91,6 +93,15 @@ def segment_indices(
     ``floor((k + (j + 0.5)/J) N/T)`` for clip ``j`` of ``J``. Unlike mmaction's train mode (integer
     segment length ``N // T``, whose last ``N mod T`` frames are never drawn) every frame can be
     drawn; test mode equals mmaction's ``int(k * N/T + N/(2T))`` for J = 1.
+
+    ``symmetric`` (test mode only): each view's frame is the one nearest the same real position,
+    ``x = (k + (j + 0.5)/J) N/T - 0.5`` in frame-centre coordinates, rounded half away from the
+    clip's middle, so that the indices of a clip played backwards are ``N - 1 -`` those of the
+    clip: a frame-order-blind model then sees the same frames of a clip and of its reverse (all
+    but a view centred exactly on the middle of an even-length clip, which has no middle frame:
+    odd T with odd J on even N). The
+    default rule does not (N = 16, T = 4: frames 2, 6, 10, 14, whose reverses are 13, 9, 5, 1;
+    symmetric: 2, 6, 9, 13).
     """
     _check(num_frames, num_segments, num_clips)
     n, t = int(num_frames), int(num_segments)
@@ -99,6 +110,10 @@ def segment_indices(
         pos = (np.arange(num_clips, dtype=np.float64)[:, None] + 0.5) / num_clips
     else:
         pos = _need_rng(rng).random((num_clips, t))
+    if test_mode and symmetric:
+        x = (k + pos) * n / t - 0.5
+        idx = np.where(x < (n - 1) / 2, np.floor(x + 0.5), np.ceil(x - 0.5)).astype(np.int64)
+        return np.clip(idx, 0, n - 1)
     idx = np.floor((k + pos) * n / t).astype(np.int64)
     return np.clip(idx, 0, n - 1)
 
@@ -197,7 +212,9 @@ class FrameSampler:
     ``alpha * T`` dense frames: :attr:`clip_len`). ``num_clips`` is the number of temporal views
     (1 in training, e.g. 4 for X-CLIP's 4 × 3 test). ``test_mode`` makes it deterministic unless
     ``compat_random_test_clips`` asks for the official repos' random test views (then each of the
-    ``num_clips`` views is an independent train-mode draw).
+    ``num_clips`` views is an independent train-mode draw). ``test_positions``: ``"middle"``
+    (the segments' middle frames, the official rule) or ``"symmetric"`` (segment mode: positions
+    that map onto themselves when the clip is reversed; :func:`segment_indices`).
     """
 
     mode: str = "segment"
@@ -208,6 +225,7 @@ class FrameSampler:
     test_mode: bool = False
     short_policy: str = "loop"
     compat_random_test_clips: bool = False
+    test_positions: str = "middle"
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -216,6 +234,10 @@ class FrameSampler:
             raise ConfigError(
                 f"short_policy must be one of {SHORT_POLICIES}, got {self.short_policy!r}"
             )
+        if self.test_positions not in TEST_POSITIONS:
+            raise ConfigError(f"test_positions must be one of {TEST_POSITIONS}, got {self.test_positions!r}")
+        if self.test_positions == "symmetric" and self.mode != "segment":
+            raise ConfigError(f"test_positions 'symmetric' applies to segment sampling, not {self.mode!r}")
         for name in ("num_frames", "interval", "alpha", "num_clips"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"sampling {name} must be >= 1, got {getattr(self, name)}")
@@ -244,7 +266,7 @@ class FrameSampler:
         test = self.test_mode and not self.compat_random_test_clips
         kw = dict(test_mode=test, num_clips=self.num_clips, rng=None if test else rng)
         if self.mode == "segment":
-            return segment_indices(num_frames, self.num_frames, **kw)
+            return segment_indices(num_frames, self.num_frames, symmetric=self.test_positions == "symmetric", **kw)
         if self.mode == "dense":
             return dense_indices(
                 num_frames, self.num_frames, self.interval, short_policy=self.short_policy, **kw

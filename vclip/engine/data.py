@@ -84,7 +84,7 @@ def eval_dataset(cfg: RunConfig, names: list[str], annotation: str | None = None
     records = load_annotations(_path(path, "data.val_list"), class_names=names, subset=d.val_subset, root=d.root)
     sampler = build_sampler(mode=_sampler_mode(cfg), num_frames=sampled_frames(cfg), interval=d.frame_interval,
                             short_policy=d.short_video, num_clips=e.num_clips, test_mode=True,
-                            compat_random_test_clips=e.compat_random_test_clips)
+                            compat_random_test_clips=e.compat_random_test_clips, test_positions=e.test_positions)
     transform = build_test_transform(input_size=d.image_size, num_crops=e.num_crops, norm=d.normalize)
     return VideoDataset(records, d.root, names, sampler=sampler, transform=transform, backend=d.backend,
                         on_bad_video="skip", train=False, seed=cfg.train.seed, decode_options=decode_options(cfg))
