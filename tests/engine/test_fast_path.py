@@ -171,6 +171,7 @@ def test_a_nonfinite_loss_between_checks_stops_at_the_next_check(synth, make_con
 
 # ------------------------------------------------------------------ (g) one all-reduce per optimizer step
 def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    import gc
     import os
 
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
@@ -196,6 +197,9 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
                     model(torch.randn(2, 4) + rank).sum().backward()
             counts.append(len(reduces) - before)
         torch.save(counts, Path(out) / f"counts{rank}.pt")
+        del model, hook  # the reducer and its Python comm hook go before the process group they use
+        gc.collect()
+        torch_dist.barrier()
     finally:
         torch_dist.destroy_process_group()
 
