@@ -217,6 +217,7 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         video, y = batch(b=4)
         grads = _grads(ddp, video[rank * 2:(rank + 1) * 2], y[rank * 2:(rank + 1) * 2])
         torch.save({n.removeprefix("module."): g for n, g in grads.items()}, os.path.join(out_dir, f"g{rank}.pt"))
+        del ddp  # before the process group it uses (D.cleanup)
     finally:
         D.cleanup()
 

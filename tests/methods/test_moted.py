@@ -326,6 +326,7 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         video, y = clip_video(b=4), torch.tensor([0, 1, 2, 1])
         terms, grads = _terms_and_grads(ddp, video[rank * 2:(rank + 1) * 2], y[rank * 2:(rank + 1) * 2])
         torch.save({"terms": terms, "grads": grads}, os.path.join(out_dir, f"r{rank}.pt"))
+        del ddp  # before the process group it uses (D.cleanup)
     finally:
         D.cleanup()
 

@@ -71,6 +71,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         loss, terms, grads = _loss_and_grads(ddp, _video()[sl], LABELS[sl])
         torch.save({"gathered": gathered.detach(), "x_grad": x.grad, "loss": loss, "terms": terms, "grads": grads},
                    os.path.join(out_dir, f"r{rank}.pt"))
+        del ddp  # before the process group it uses (D.cleanup)
     finally:
         D.cleanup()
 

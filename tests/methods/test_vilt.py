@@ -311,6 +311,7 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         video, y = batch(b=4)
         losses, grads = _step(ddp, video[rank * 2:(rank + 1) * 2], y[rank * 2:(rank + 1) * 2])
         torch.save({"losses": losses, "grads": grads}, os.path.join(out_dir, f"r{rank}.pt"))
+        del ddp  # before the process group it uses (D.cleanup)
     finally:
         D.cleanup()
 

@@ -10,6 +10,7 @@ one-rank case (``rank() == 0``, ``all_gather_object(x) == [x]``, ...).
 from __future__ import annotations
 
 import datetime
+import gc
 import logging
 import os
 from dataclasses import dataclass
@@ -220,6 +221,12 @@ def _gather_across_ranks(x: torch.Tensor) -> torch.Tensor:
 
 
 def cleanup() -> None:
-    """Destroy the default process group, if any."""
+    """Destroy the default process group, if any, after collecting the garbage: a
+    ``DistributedDataParallel`` module (its reducer) still alive when its gloo group is destroyed
+    can abort the process at exit ("terminate called without an active exception"), so drop the
+    last reference to it before calling this. Every rank waits for the others (a barrier) before
+    the group goes."""
     if is_dist():
+        gc.collect()
+        dist.barrier()
         dist.destroy_process_group()
