@@ -1,6 +1,8 @@
 """Exceptions that reach the user. Every error vclip raises on bad input is a ``VclipError``
 whose message names the file/field and what is wrong; the CLI prints it without a traceback."""
 
+import functools
+
 
 class VclipError(Exception):
     """Base class of user-facing errors."""
@@ -43,3 +45,10 @@ class TrainingInterrupted(VclipError):
         super().__init__(message)
         self.signum, self.exit_code = signum, exit_code
         self.resume_command, self.checkpoint = resume_command, checkpoint
+
+    def __reduce__(self):
+        """Picklable (the keyword-only fields), so that it crosses process boundaries: a parallel
+        suite's worker sends it back to the main process."""
+        fields = dict(signum=self.signum, exit_code=self.exit_code, resume_command=self.resume_command,
+                      checkpoint=self.checkpoint)
+        return (functools.partial(TrainingInterrupted, **fields), self.args[:1])

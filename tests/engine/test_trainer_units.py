@@ -828,3 +828,15 @@ def test_restore_of_a_checkpoint_without_a_skip_count_and_of_weights_that_do_not
     fresh.method = torch.nn.Linear(3, 1)  # another model: the error names the --resume path
     with pytest.raises(CheckpointError, match=rf"^--resume {last}: the checkpoint's weights do not fit the model"):
         fresh._restore(last)
+
+
+def test_training_interrupted_survives_pickling():
+    """A parallel suite's worker sends it back to the main process: every field crosses."""
+    import pickle
+
+    e = TrainingInterrupted("stopped at step 3", signum=15, exit_code=143, resume_command="vclip train -c c.yaml",
+                            checkpoint="/runs/a/checkpoints/last")
+    back = pickle.loads(pickle.dumps(e))
+    assert type(back) is TrainingInterrupted and str(back) == "stopped at step 3"
+    assert (back.signum, back.exit_code, back.resume_command, back.checkpoint) == \
+        (15, 143, "vclip train -c c.yaml", "/runs/a/checkpoints/last")

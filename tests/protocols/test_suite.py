@@ -571,3 +571,48 @@ def test_overrides_on_the_command_line(tmp_path, world, pretrained, capsys):
     capsys.readouterr()
     assert main(suite_args(tmp_path / "bad", world, pretrained, cfg, *common, "=3")) == 2
     assert "empty key" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_parallel_suite_tidily_and_a_rerun_finishes_it(tmp_path, world, pretrained):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) during a ``--workers 2``
+    suite: exit 130 in seconds, no traceback, no cell recorded as failed, the interrupted training
+    saved; the same command then finishes every cell. Wherever the signal lands, the verdict is the
+    same: no timing is assumed beyond "a first checkpoint exists"."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    cfg = small_config(tmp_path, protocols=small_protocols(few_shot={"shots": [1]}))
+    out = tmp_path / "suite"
+    cmd = [sys.executable, "-m", "vclip.cli", *suite_args(out, world, pretrained, cfg, "--workers", "2",
+           "--methods", "clip,xclip", "--protocols", "fully-supervised,zero-shot,few-shot",
+           "train.epochs=200", "train.max_steps=300")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(out.glob("runs/*/*/checkpoints/last")) and proc.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.2)
+        assert proc.poll() is None, "the suite ended before it could be interrupted"
+        os.killpg(proc.pid, signal.SIGINT)
+        log, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, log[-3000:]
+    assert "Traceback" not in log and "unexpected pos" not in log, log[max(0, log.find("Traceback") - 300):][:4000]
+    records = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
+    assert all(r["status"] != "failed" for r in records), records
+    assert len(records) < 9  # stopped before the end (3 rows, the baseline included, × 3 protocols)
+    steps = [max(r.get("step", 0) for r in map(json.loads, m.read_text().splitlines()))
+             for m in out.glob("runs/*__fully_supervised/sup_k400_train/metrics.jsonl")]
+    assert steps and min(steps) < 300  # a training stopped early (saved at its next step), not run to its end
+    # the rerun: every cell done (from the saved checkpoints where a training was interrupted)
+    done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:]
+    cells = json.loads((out / "suite.json").read_text())["cells"]
+    assert len(cells) == 9 and all(c["status"] == "done" for c in cells.values())

@@ -38,6 +38,7 @@ import math
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -576,14 +577,20 @@ class Suite:
                      finished: Callable[[int, Cell, dict], None]) -> None:
         """:meth:`tasks` in ``workers`` processes (spawned: no torch state is forked), each with
         ``max(1, cpus // workers)`` torch threads. Every cell is saved by the process that ran it,
-        as in a one-process run, so an interrupted parallel suite resumes the same way; on an
-        interrupt the tasks not started are cancelled."""
+        as in a one-process run, so an interrupted parallel suite resumes the same way.
+
+        Interrupts: the workers ignore SIGINT (a Ctrl-C reaches the whole process group); the main
+        process, on Ctrl-C or any error, cancels the tasks not started, sends the running workers
+        SIGTERM once and waits for them. A training run answers by saving a checkpoint at its next
+        optimizer step and stopping; a worker elsewhere stops where it is (every file is written
+        atomically), see :func:`_worker_signals`."""
         import multiprocessing as mp
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
         threads = max(1, _cpus() // self.workers)
         order = {item[1].name: item for item in todo}
-        with ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"),
+                                 initializer=_worker_signals) as pool:
             pending = {pool.submit(_run_task, self, [(c, k) for _, c, k in task], dict(results), threads)
                        for task in self.tasks(todo)}
             try:
@@ -596,6 +603,9 @@ class Suite:
             except BaseException:
                 for fut in pending:
                     fut.cancel()
+                for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                    if proc.is_alive():
+                        proc.terminate()  # SIGTERM: the trainer saves and stops
                 raise
 
     def protocol_datasets(self, protocol: str) -> list[str]:
@@ -836,21 +846,49 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
+_stop_requested = False  # in a suite worker: SIGTERM received (see _worker_signals)
+_in_task = False
+
+
+def _worker_signals() -> None:
+    """Initializer of :meth:`Suite.run_parallel`'s workers: Ctrl-C is the main process's to handle
+    (SIGINT ignored); SIGTERM, its request to stop, raises KeyboardInterrupt inside a task (sent
+    back like any exception) and otherwise only marks the worker stopped, so that no task starts
+    there any more. A worker must not die of it: the pool would count itself broken and SIGTERM
+    the others a second time, and a second signal stops a training run without saving. While a
+    run trains, the trainer's own SIGTERM handler replaces this one: it saves at the next step."""
+    def stop(signum, frame):
+        global _stop_requested
+        _stop_requested = True
+        if _in_task:
+            raise KeyboardInterrupt("SIGTERM: the suite was interrupted")
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, stop)
+
+
 def _run_task(suite: Suite, items: Sequence[tuple[Cell, str]], done: dict, threads: int) -> list[tuple[str, dict]]:
     """One task of :meth:`Suite.run_parallel`, in a worker process: its cells in order, with
     ``threads`` torch threads; a cell sees the results finished before the task started and
     those of the task's earlier cells."""
     import torch
 
-    torch.set_num_threads(threads)
-    suite.machine = machine()
-    done = dict(done)
-    out = []
-    for cell, key in items:
-        res = suite.run_cell(cell, key, done)
-        done[cell.name] = res
-        out.append((cell.name, res))
-    return out
+    global _in_task
+    if _stop_requested:
+        raise KeyboardInterrupt("SIGTERM: the suite was interrupted")
+    _in_task = True
+    try:
+        torch.set_num_threads(threads)
+        suite.machine = machine()
+        done = dict(done)
+        out = []
+        for cell, key in items:
+            res = suite.run_cell(cell, key, done)
+            done[cell.name] = res
+            out.append((cell.name, res))
+        return out
+    finally:
+        _in_task = False
 
 
 def few_shot_plan(ds, shots: Sequence[int], batch_size: int) -> tuple[list[int], dict]:
