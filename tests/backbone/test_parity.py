@@ -1,6 +1,8 @@
 """The backbone is CLIP: identical random weights through every converter give transformers'
 CLIPModel embeddings (≤ 1e-5 relative, fp32), and conversions round-trip exactly."""
 
+import shutil
+
 import pytest
 import torch
 
@@ -38,7 +40,8 @@ def hf_dir(request, tmp_path_factory):
     cfg, model = hf_model(request.param)
     d = tmp_path_factory.mktemp(request.param)
     model.save_pretrained(d)
-    return cfg, model, d
+    yield cfg, model, d
+    shutil.rmtree(d, ignore_errors=True)  # ViT-B/32's weights: 578 MB of the CI's disk
 
 
 def test_hf_directory_parity(hf_dir):

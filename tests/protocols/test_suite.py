@@ -128,6 +128,20 @@ def test_quick_suite_structure(tmp_path, world, pretrained, capsys):
     zs_cmd = data["cells"]["xclip__zero_shot"]["command"]
     assert f"--checkpoint {out / 'runs' / 'xclip__fully_supervised'}" in zs_cmd
     assert not (out / "runs" / "xclip__zero_shot" / "zs_train").exists()
+    # finished cells are pruned: no optimizer state anywhere, and the only weights left are each trained
+    # row's fully-supervised model (which its zero-shot cell, run after the pruning, evaluated)
+    from vclip.engine.checkpoint import load_model_checkpoint
+
+    runs = out / "runs"
+    assert not list(runs.rglob("train_state.pt"))
+    kept = {Path(c["trained_checkpoint"]).resolve() for c in data["cells"].values() if c.get("trained_checkpoint")}
+    assert len(kept) == len(METHODS) - 1  # every trained row but OST (its fully-supervised cell is skipped)
+    assert {p.parent.resolve() for p in runs.rglob("model.safetensors")} == kept
+    for p in kept:
+        assert load_model_checkpoint(p)[0]
+    pruned = json.loads((runs / "xclip__few_shot" / "pruned.json").read_text())
+    assert pruned["bytes_freed"] > 0 and pruned["kept"] is None
+    assert sorted(pruned["removed"]) == sorted(f"fs_hmdb51_k{k}_s1/checkpoints/last" for k in (2, 4))
     # every figure: its command, machine and date
     assert len(data["figures"]) == sum(len(c.get("columns") or {}) for c in data["cells"].values())
     for f in data["figures"]:
@@ -190,6 +204,13 @@ def test_interrupted_suite_continues(tmp_path, world, pretrained, monkeypatch):
     cell = json.loads((out / "cells" / "clip__few_shot.json").read_text())
     assert cell["command"].split().count("train.max_steps=2") == 1
     assert len(list((out / "runs").glob("clip__few_shot@*"))) == 1
+    # a lost cell record over a pruned folder (no checkpoint to evaluate): the cell starts afresh
+    assert (out / "runs" / "clip__few_shot" / "pruned.json").is_file()
+    (out / "cells" / "clip__few_shot.json").unlink()
+    assert main(args) == 0
+    assert calls["clip__few_shot"] == 3 and trains["n"] == 4
+    assert json.loads((out / "cells" / "clip__few_shot.json").read_text())["status"] == "done"
+    assert len(list((out / "runs").glob("clip__few_shot@*/pruned.json"))) == 2
 
 
 def test_world_and_pretrained_made_when_not_given(tmp_path, synth_protocol_data, monkeypatch, capsys):
@@ -558,11 +579,14 @@ def test_overrides_on_the_command_line(tmp_path, world, pretrained, capsys):
     cfg = small_config(tmp_path, protocols=small_protocols())
     out = tmp_path / "suite"
     common = ("--methods", "clip", "--protocols", "fully-supervised")
-    assert main(suite_args(out, world, pretrained, cfg, *common, "train.seed=7")) == 0
+    assert main(suite_args(out, world, pretrained, cfg, *common, "train.seed=7", "--keep-checkpoints")) == 0
+    # --keep-checkpoints: the trained model keeps its optimizer state, nothing is pruned
+    assert len(list((out / "runs" / "clip__fully_supervised").rglob("train_state.pt"))) == 1
+    assert not list((out / "runs").rglob("pruned.json"))
     for row in (S.BASELINE, "clip"):
         assert yaml.safe_load((out / "configs" / f"{row}.yaml").read_text())["train"]["seed"] == 7
     data = json.loads((out / "suite.json").read_text())
-    assert data["command"].endswith("train.seed=7")
+    assert data["command"].endswith("--keep-checkpoints train.seed=7")
     first = {n: c["key"] for n, c in data["cells"].items()}
     assert main(suite_args(out, world, pretrained, cfg, *common, "train.seed=8")) == 0
     again = json.loads((out / "suite.json").read_text())

@@ -19,6 +19,10 @@ recorded as *failed* with the error and retried by the next run. The zero-shot c
 evaluates the checkpoint its fully-supervised cell trained on ``k400`` (the papers' zero-shot model
 *is* the K400-trained one); without that cell it trains the same model itself.
 
+A finished cell's training checkpoints are pruned (:meth:`Suite.prune_run`): every optimizer state
+goes, and every model but the fully-supervised one the zero-shot cell evaluates (one per method),
+so that a suite holds a few hundred MB rather than GBs (``--keep-checkpoints`` keeps them all).
+
 Outputs: ``OUT/suite.md`` (tables, mean ± std over the protocol's splits/seeds/draws, chance row),
 ``OUT/suite.json`` (every figure with the ``vclip run`` command that reproduces it, the machine,
 date and git commit) and ``OUT/suite.png``.
@@ -38,6 +42,7 @@ import math
 import os
 import platform
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -324,6 +329,7 @@ class Suite:
     progress: bool = True
     argv: Sequence[str] | None = None
     overrides: Sequence[str] = ()
+    keep_checkpoints: bool = False
 
     def __post_init__(self):
         from vclip.methods import METHODS
@@ -669,17 +675,59 @@ class Suite:
             record.update(status="failed", reason=f"{type(e).__name__}: {' '.join(str(e).split())}")
         record.update(date=_now(), seconds=time.perf_counter() - start)
         atomic_write_text(self.cell_path(cell), json.dumps(record, indent=1, default=str))
+        if record["status"] == "done" and not self.keep_checkpoints:
+            self.prune_run(cell, record)
         return record
+
+    def prune_run(self, cell: Cell, record: dict) -> int:
+        """Free the disk a finished cell's training checkpoints hold (``OUT/runs/<cell>/<sub-run>/
+        checkpoints/<tag>/``): every ``train_state.pt`` (optimizer state, only for resuming a
+        sub-run that has finished) and every checkpoint folder but the cell's
+        ``trained_checkpoint`` (the fully-supervised model the zero-shot cell evaluates, which
+        keeps its weights and ``meta.json``: it loads for ``vclip eval``/``predict``). Results,
+        metrics and logs stay. Runs after the cell's record is saved; writes
+        ``OUT/runs/<cell>/pruned.json`` (what went, bytes freed), which :meth:`claim_run_dir`
+        reads: a pruned folder cannot resume, so a cell recomputed over it starts afresh. Returns
+        the bytes freed."""
+        run_dir = self.out / "runs" / cell.name
+        keep = Path(record["trained_checkpoint"]).resolve() if record.get("trained_checkpoint") else None
+        freed, removed = 0, []
+
+        def size(path: Path) -> int:
+            if path.is_file():
+                return path.stat().st_size
+            return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+        for ckpts in sorted(d for d in run_dir.rglob("checkpoints") if d.is_dir()):
+            for d in sorted(ckpts.iterdir()):
+                if keep is not None and d.resolve() == keep:
+                    d = d / "train_state.pt"
+                    if not d.is_file():
+                        continue
+                n = size(d)
+                if d.is_dir():
+                    shutil.rmtree(d)
+                else:
+                    d.unlink()
+                freed += n
+                removed.append(str(d.relative_to(run_dir)))
+        if removed:
+            atomic_write_text(run_dir / "pruned.json", json.dumps(
+                {"removed": removed, "kept": str(keep) if keep else None, "bytes_freed": freed,
+                 "date": _now()}, indent=1))
+            log.info("%s: pruned %d checkpoint file(s)/folder(s), %.1f MB freed", cell.name, len(removed), freed / 1e6)
+        return freed
 
     def claim_run_dir(self, cell: Cell, key: str) -> None:
         """``OUT/runs/<cell>/`` for inputs ``key``: its finished sub-runs are reused only when they
         were made from the same inputs; a folder made from others is moved aside to
-        ``OUT/runs/<cell>@<its key>`` (kept, never deleted) so the cell starts afresh."""
+        ``OUT/runs/<cell>@<its key>`` (kept, never deleted) so the cell starts afresh; so is a
+        folder whose checkpoints :meth:`prune_run` removed (its cell record was lost)."""
         run_dir = self.out / "runs" / cell.name
         stamp = run_dir / "suite_key.txt"
         if run_dir.exists():
             old = stamp.read_text().strip() if stamp.is_file() else "unknown"
-            if old != key:
+            if old != key or (run_dir / "pruned.json").is_file():
                 aside = run_dir.with_name(f"{cell.name}@{old}")
                 n = 1
                 while aside.exists():
@@ -1169,6 +1217,9 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, default=1,
                    help="processes generating the world and the frame cache, and cells run at once "
                         "(each with cores / N torch threads)")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep every training checkpoint of finished cells (default: only each method's "
+                        "fully-supervised model, without its optimizer state)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="overrides of the run config every cell starts from (e.g. train.seed=1); a cell "
                         "they change is recomputed")
@@ -1187,6 +1238,8 @@ def _cli(args) -> int:
             argv += [f"--{opt}", getattr(args, opt)]
     if args.workers != 1:
         argv += ["--workers", str(args.workers)]
+    if args.keep_checkpoints:
+        argv.append("--keep-checkpoints")
     from vclip.config import parse_override
 
     for o in args.overrides:  # a bad one is refused before the world is made
@@ -1196,7 +1249,7 @@ def _cli(args) -> int:
                   world=Path(args.world) if args.world else None,
                   pretrained=Path(args.pretrained) if args.pretrained else None,
                   methods=names(args.methods), protocols=names(args.protocols), workers=args.workers, argv=argv,
-                  overrides=list(args.overrides))
+                  overrides=list(args.overrides), keep_checkpoints=args.keep_checkpoints)
     try:
         data = suite.run()
     except TrainingInterrupted as e:
