@@ -47,7 +47,10 @@ def test_logits_equal_those_before_the_interface_change(name):
         out = m(video, Vocabulary(names, cls.default_templates, descriptors))
     assert isinstance(out, MethodOutput) and out.losses == {}
     ref = torch.tensor(json.loads(GOLDEN.read_text())[name])
-    assert (out.logits - ref).abs().max() <= 1e-6 * max(1.0, float(ref.abs().max()))
+    # The golden file was written on another machine; fp32 kernels differ across CPUs (on an AMD EPYC with
+    # AVX-512, 2026-12-01: up to 1.3e-6 relative, which failed a 1e-6 bound in CI). 1e-5 relative still
+    # fails any change of the computation (a scale off by 1e-4 already does).
+    assert (out.logits - ref).abs().max() <= 1e-5 * max(1.0, float(ref.abs().max()))
 
 
 # ------------------------------------------------------------------ named outputs and loss terms
