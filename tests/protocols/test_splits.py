@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from vclip.data.annotations import read_label_csv, read_split_file
+from vclip.data.annotations import load_annotations, read_label_csv, read_split_file
+from vclip.errors import AnnotationError
 from vclip.protocols.runner import ProtocolRun, load_data_spec, parse_views
-from vclip.protocols.splits import base_novel_classes, base_novel_split, few_shot_split, manifest_path
+from vclip.protocols.splits import base_novel_classes, base_novel_split, few_shot_split, manifest_path, write_split
 
 
 @pytest.fixture
@@ -55,6 +56,33 @@ def test_base_novel_halves_reindexed_from_zero(toy):
     assert len(nv) == 6 and all(nl[r.label] == f"class {r.path[1]}" for r in nv)
     assert json.loads(manifest_path(files["base_labels"]).read_text())["counts"] == {
         "base": 4, "novel": 3, "base_val": 8, "novel_val": 6}
+
+
+def test_rawframe_counts_survive_and_untrimmed_segments_are_refused(toy):
+    """A split drawn from a rawframes list keeps each folder's frame count (``<dir> <n> <label>``),
+    re-indexed or not; segments of untrimmed videos (ActivityNet) have no split line: a clear error
+    naming the source, not whole videos written silently."""
+    (toy / "raw_train.txt").write_text("".join(f"f{c}_{k} {30 + 7 * c + k} {c}\n" for c in range(7) for k in range(5)))
+    (toy / "raw_test.txt").write_text("".join(f"g{c}_{k} {40 + c + k} {c}\n" for c in range(7) for k in range(2)))
+    src = {r.path: r.num_frames for f in ("raw_train.txt", "raw_test.txt") for r in read_split_file(toy / f)}
+    out = few_shot_split(toy / "gen" / "raw_fs2.txt", toy / "raw_train.txt", toy / "labels.csv", 2, seed=1)
+    files = base_novel_split(toy / "raw_b2n", toy / "raw_train.txt", toy / "raw_test.txt", toy / "labels.csv", [1], shots=2)
+    for f in (out, files["train"][1], files["base_val"], files["novel_val"]):
+        recs = read_split_file(f)
+        assert recs and all(r.meta.get("rawframes") for r in recs), f
+        assert all(r.num_frames == src[r.path] for r in recs), f
+    # ActivityNet, one subset per file: every record is a segment
+    db = {f"vid{c}{k}": {"subset": "training", "duration": 20.0,
+                         "annotations": [{"label": f"class {c}", "segment": [2.0, 9.5]}]}
+          for c in range(7) for k in range(3)}
+    (toy / "anet_train.json").write_text(json.dumps({"database": db}))
+    with pytest.raises(AnnotationError, match=r"anet_train\.json.*21 record\(s\) are segments.*\[2, 9.5\] s"):
+        few_shot_split(toy / "gen" / "anet_fs2.txt", toy / "anet_train.json", toy / "labels.csv", 2, seed=1)
+    assert not (toy / "gen" / "anet_fs2.txt").exists()
+    seg = load_annotations(toy / "anet_train.json", num_classes=7)[:1]
+    with pytest.raises(AnnotationError, match="1 record"):
+        write_split(toy / "gen" / "direct.txt", seg)  # the writer refuses them too
+    assert not (toy / "gen" / "direct.txt").exists()
 
 
 def test_official_base_novel_files_are_used_as_they_are(toy, tiny_config, synth_protocol_data):

@@ -7,12 +7,16 @@ file, counts and the classes — enough to reproduce and audit the draw. A gener
 file is reused when its manifest matches the request (same sources, seed and parameters), and
 regenerated otherwise.
 
-Formats (docs/protocols.md): split files ``<relpath> <label>``; label CSVs ``id,name`` whose row is
-the label. Base/novel label files and their split files use ids re-indexed from 0.
+Formats (docs/protocols.md): split files ``<relpath> <label>`` (``<frame dir> <total frames>
+<label>`` when drawn from a rawframes list, so the frame counts survive); label CSVs ``id,name``
+whose row is the label. Base/novel label files and their split files use ids re-indexed from 0.
+A source whose records are segments of untrimmed videos (ActivityNet) is refused: a split line
+names a whole video, and writing one would silently train on the whole video.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -22,12 +26,19 @@ from typing import Sequence
 import numpy as np
 
 from vclip.data.annotations import VideoRecord, load_annotations, read_label_csv
+from vclip.errors import AnnotationError
 from vclip.io import atomic_write_text, sha256_file  # re-exported for older callers; use vclip.io directly
 
 log = logging.getLogger(__name__)
 
 
 def write_split(path, records: Sequence[VideoRecord]) -> Path:
+    """``<relpath> <label>`` lines, or ``<frame dir> <total frames> <label>`` when every record is a
+    rawframes folder with its frame count (what :func:`read_split` reads back as the same records).
+    Records that are segments of untrimmed videos have no line format: an error."""
+    _refuse_segments(records)
+    if records and all(r.meta.get("rawframes") and r.num_frames is not None for r in records):
+        return atomic_write_text(path, "".join(f"{r.path} {r.num_frames} {r.label}\n" for r in records))
     return atomic_write_text(path, "".join(f"{r.path} {r.label}\n" for r in records))
 
 
@@ -67,8 +78,22 @@ def _write_manifest(path: Path, request: dict, **info) -> None:
     atomic_write_text(manifest_path(path), json.dumps({"file": path.name, "request": request, **info}, indent=1))
 
 
+def _refuse_segments(records: Sequence[VideoRecord]) -> None:
+    segments = [r for r in records if r.segment is not None]
+    if segments:
+        r = segments[0]
+        raise AnnotationError(
+            f"{r.meta.get('source', r.path)}: {len(segments)} record(s) are segments of untrimmed videos "
+            f"(e.g. {r.path} [{r.segment[0]:g}, {r.segment[1]:g}] s); a protocol split file lists whole "
+            "videos, so it cannot be generated from them: cut each segment into its own file "
+            "(docs/datasets.md, ActivityNet 'Trimmed alternative') or give the protocol's split files")
+
+
 def read_split(path, num_classes: int | None = None) -> list[VideoRecord]:
-    return load_annotations(path, num_classes=num_classes)
+    """The records of a source list for the split builders (segments of untrimmed videos refused)."""
+    records = load_annotations(path, num_classes=num_classes)
+    _refuse_segments(records)
+    return records
 
 
 def by_class(records: Sequence[VideoRecord]) -> dict[int, list[VideoRecord]]:
@@ -129,7 +154,7 @@ def base_novel_classes(num_classes: int, seed: int) -> tuple[list[int], list[int
 
 def _reindex(records: Sequence[VideoRecord], classes: Sequence[int]) -> list[VideoRecord]:
     idx = {c: i for i, c in enumerate(classes)}
-    return [VideoRecord(r.path, idx[r.label]) for r in records if r.label in idx]
+    return [dataclasses.replace(r, label=idx[r.label]) for r in records if r.label in idx]
 
 
 def base_novel_split(out_dir: Path, train: Path, test: Path, labels: Path, seeds: Sequence[int], shots: int = 16,
@@ -194,7 +219,7 @@ def k600_zero_shot_split(out: Path, out_labels: Path, pools: Sequence[tuple[Path
     records: list[VideoRecord] = []
     for path, prefix in pools:
         for r in read_split(path, len(names)):
-            records.append(VideoRecord(prefix + r.path, r.label))
+            records.append(dataclasses.replace(r, path=prefix + r.path))
     sub = _reindex(records, chosen)
     write_labels(out_labels, [names[c] for c in chosen])
     write_split(out, sub)
