@@ -12,7 +12,8 @@
 # The lent machine has Python 3.12 with a CUDA torch, transformers and timm but no PyAV or ftfy and no
 # package index: run benchmarks/fetch_gpu_wheels.sh beforehand where pip works, and carry .whl/.
 # e2e_b16_cache is e2e_b16 read from the frame cache (vclip data prepare --cache), built first from
-# the same clips (its build time is a row of the table).
+# the same clips (its build time is a row of the table). Both time the loader in its steady state
+# (every worker busy; bench_end_to_end.py's docstring).
 # Env: SUITE_BUDGET_S (total seconds, default 480), PYTHON (default python3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -66,6 +67,8 @@ part() {
     printf '%s\tskipped\t0\tno time left in the suite budget\n' "$name" >>"$OUT/parts.tsv"; return
   fi
   echo "== $name (limit ${limit}s): $*" | tee -a "$LOG"
+  local prev="" a  # a record left in OUTDIR by an earlier run must not pass for this run's
+  for a in "$@"; do [[ "$prev" == "--json" ]] && rm -f -- "$a"; prev="$a"; done
   local t0=$(date +%s) rc
   timeout --kill-after=10 "$limit" "$@" >>"$LOG" 2>&1; rc=$?
   local took=$(( $(date +%s) - t0 )) status=ok
@@ -107,11 +110,11 @@ part decode_1proc         60 "$PY" benchmarks/bench_data.py --backends pyav --nu
 part decode_gpu           60 env LD_LIBRARY_PATH="$(torchcodec_libs)" "$PY" benchmarks/bench_data.py --backends torchcodec-cuda \
                               --num-videos "$( ((DRY)) && echo 2 || echo 8)" --repeats 3 --json "$J/decode_gpu.json"
 part e2e_b16              150 "$PY" benchmarks/bench_end_to_end.py --source "$ESRC" --videos "$V" --workers "$W" \
-                              --arch "$EA" --batch "$B" --frames "$F" --dtype "$DT" "${DEV[@]}" --epochs 2 \
-                              --json "$J/e2e_b16.json"
+                              --arch "$EA" --batch "$B" --frames "$F" --dtype "$DT" "${DEV[@]}" --windows 2 \
+                              --stages data,model,e2e --json "$J/e2e_b16.json"
 part e2e_b16_cache        90 "$PY" benchmarks/bench_end_to_end.py --source "$ESRC" --videos "$V" --workers "$W" \
-                              --arch "$EA" --batch "$B" --frames "$F" --dtype "$DT" "${DEV[@]}" --epochs 2 \
-                              --backend cache --json "$J/e2e_b16_cache.json"
+                              --arch "$EA" --batch "$B" --frames "$F" --dtype "$DT" "${DEV[@]}" --windows 2 \
+                              --stages data,model,e2e --backend cache --json "$J/e2e_b16_cache.json"
 part infer_b32_compile    120 "${VCLIP[@]}" bench infer --arch "$A32" --batch "$B" --frames "$F" --classes "$K" "${DEV[@]}" "${NOMFU[@]}" \
                               --dtype "$DT" "${C[@]}" --json "$J/infer_b32_compile.json"
 part train_b16_compile    150 "${VCLIP[@]}" bench train --arch "$A16" --batch "$BT" --frames "$F" --classes "$K" "${DEV[@]}" "${NOMFU[@]}" \

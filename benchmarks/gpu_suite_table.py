@@ -80,11 +80,15 @@ def rows_for(name: str, r: dict) -> list[list[str]]:
     if kind == "end_to_end":
         s, res = r["settings"], r["results"]
         out = []
+        st = res.get("stream")  # steady state (records before 2026-12-02 timed whole passes)
+        how = (f"; steady state: {st['windows']} windows of {st['per_window']} batches after {st['warm']}"
+               if st else "; whole passes")
         for stage in ("decode", "data", "model", "e2e"):
             if stage in res:
                 backend = "" if s.get("backend", "pyav") == "pyav" else f", {s['backend']}"
                 out.append([name, f"file → logits, {stage} stage ({s['arch']}, {s['frames']}f, {s['workers']} workers{backend})",
-                            f"{_rate(res[stage].get('videos_per_s'))} videos/s", r.get("source", "")])
+                            f"{_rate(res[stage].get('videos_per_s'))} videos/s",
+                            r.get("source", "") + (how if stage != "model" else "")])
         if "bound" in res:
             out.append([name, "end to end bound by", str(res["bound"]), f"e2e / slowest stage = {res.get('e2e_over_min_stage', 0):.2f}"])
         if "cache_build_s" in res:
@@ -106,6 +110,16 @@ def rows_for(name: str, r: dict) -> list[list[str]]:
                  f"{h['od_ms_per_video']:.3f} ms/video", f"names-only head {h['names_ms_per_video']:.3f} ms/video"]
                 for h in r["head"]]
     return [[name, "record", "?", f"unknown record kind {kind!r}"]]
+
+
+def _partial_record(path: Path) -> dict | None:
+    """A record its benchmark saved part-way (``results.partial``: bench_end_to_end.py writes one after
+    each stage), or None."""
+    try:
+        r = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return r if isinstance(r, dict) and isinstance(r.get("results"), dict) and r["results"].get("partial") else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.extend(rows_for(name, r))
         else:
             rows.append([name, "–", status if status != "ok" else "no record", cmd[:80]])
+            partial = _partial_record(rec_file) if status != "ok" else None
+            if partial is not None:  # a part stopped by its time box, with the stages it had timed
+                records[name] = partial
+                rows.extend([r[0], r[1] + " (partial)", *r[2:]] for r in rows_for(name, partial))
     m = machine or {}
     gpu = m.get("gpu")
     if isinstance(gpu, dict):
