@@ -221,11 +221,13 @@ def test_world_and_pretrained_made_when_not_given(tmp_path, synth_protocol_data,
     def generate_world(out_dir, size="default", workers=1, seed=0):
         made["world"].append((Path(out_dir), size, workers, seed))
         make_world(synth_protocol_data, Path(out_dir))
+        (Path(out_dir) / "manifest.json").write_text(json.dumps({"seed": seed, "size": size}))  # as the real one
         return {"seed": seed}
 
     def pretrain(world_dir, out_file, *, arch="tiny", steps=1, seed=0, progress=False):
         made["pretrain"].append((Path(world_dir), Path(out_file), steps, seed))
         make_pretrained(Path(out_file))
+        Path(f"{out_file}.json").write_text(json.dumps({"arch": arch, "steps": steps, "seed": seed, "lr": 5e-4}))
         return {"steps": steps}
 
     import vclip.data.world
@@ -247,8 +249,27 @@ def test_world_and_pretrained_made_when_not_given(tmp_path, synth_protocol_data,
     assert row["data"]["image_size"] == 32  # the pretrained file's own resolution
     data = json.loads((out / "suite.json").read_text())
     assert data["pretrained"]["info"] == {"steps": 3} and len(data["pretrained"]["sha256"]) == 64
+    capsys.readouterr()
     assert main(args) == 0
     assert len(made["world"]) == 1 and len(made["pretrain"]) == 1
+    assert "done earlier, kept" in capsys.readouterr().out
+    # the weights retrained at the same path (another seed's bytes): the finished cells are recomputed
+    torch.manual_seed(1)
+    torch.save(OpenAICLIP(get_config("tiny")).state_dict(), out / "pretrained" / "clip.pt")
+    assert main(args) == 0
+    assert "done earlier, kept" not in capsys.readouterr().out
+    # a config that asks for another world or other pretraining than OUT holds: an error, nothing remade
+    for section, value, words in (("pretrain", {"steps": 4, "seed": 5}, "steps: 3 (asked 4)"),
+                                  ("world", {"seed": 1}, "holds a world of size 'quick' seed 0")):
+        (tmp_path / section).mkdir()
+        changed = small_config(tmp_path / section, **{"protocols": small_protocols(),
+                                                      "pretrain": {"steps": 3, "seed": 5}, section: value})
+        assert main(args[:3] + ["--config", str(changed)] + args[5:]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "pass another --out, or delete" in err, err
+    assert len(made["world"]) == 1 and len(made["pretrain"]) == 1
+    (out / "pretrained" / "clip.pt.json").unlink()
+    assert main(args) == 2 and "settings" in capsys.readouterr().err
 
 
 def test_missing_contract_modules_and_bad_input(tmp_path, world, pretrained, monkeypatch, capsys):

@@ -551,6 +551,40 @@ def _base_novel(ds_units: list[list[int]], classes: list[str], seed: int, name: 
     return base, novel
 
 
+def world_config(size: str, pretrain_frames: int | None = None, train_per_class: int | None = None,
+                 test_per_class: int | None = None) -> dict:
+    """The generator's settings of a world of ``size`` with the given counts instead of the size's."""
+    if size not in WORLD_SIZES:
+        raise ConfigError(f"world size must be one of {', '.join(WORLD_SIZES)}, got {size!r}")
+    cfg = dict(WORLD_SIZES[size])
+    for key, name, value in (("frames_train", "--pretrain-frames", pretrain_frames),
+                             ("train_per_class", "--train-per-class", train_per_class),
+                             ("test_per_class", "--test-per-class", test_per_class)):
+        if value is not None:
+            if value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
+            cfg[key] = int(value)
+    return cfg
+
+
+def world_mismatch(out_dir, size: str = "quick", seed: int = 0, pretrain_frames: int | None = None,
+                   train_per_class: int | None = None, test_per_class: int | None = None) -> str | None:
+    """None when ``out_dir`` holds no world or the world these arguments make; else what it holds."""
+    manifest = Path(out_dir) / "manifest.json"
+    if not manifest.exists():
+        return None
+    cfg = world_config(size, pretrain_frames, train_per_class, test_per_class)
+    old = json.loads(manifest.read_text())
+    was = old.get("config") or {}
+    if old.get("seed") == seed and old.get("size") == size and \
+            all(was.get(k, cfg[k]) == cfg[k] for k in ("frames_train", "train_per_class", "test_per_class")):
+        return None
+    return (f"holds a world of size {old.get('size')!r} seed {old.get('seed')} with {was.get('frames_train')} "
+            f"pretraining frames, {was.get('train_per_class')} source training videos and "
+            f"{was.get('test_per_class')} test videos per class, not the one asked for (size {size!r} seed {seed} "
+            f"with {cfg['frames_train']}, {cfg['train_per_class']} and {cfg['test_per_class']})")
+
+
 def generate_world(out_dir, size: str = "quick", workers: int = 1, seed: int = 0, progress: bool = False,
                    pretrain_frames: int | None = None, train_per_class: int | None = None,
                    test_per_class: int | None = None) -> dict:
@@ -564,33 +598,13 @@ def generate_world(out_dir, size: str = "quick", workers: int = 1, seed: int = 0
     class of every set but ``k600`` (its own count) instead of the size's (4 for ``default``); a
     target set's three splits test three folds of that many of its videos per class (disjoint
     when its training count is at least twice the test count)."""
-    if size not in WORLD_SIZES:
-        raise ConfigError(f"world size must be one of {', '.join(WORLD_SIZES)}, got {size!r}")
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
-    cfg = dict(WORLD_SIZES[size])
-    if pretrain_frames is not None:
-        if pretrain_frames < 1:
-            raise ConfigError(f"--pretrain-frames must be >= 1, got {pretrain_frames}")
-        cfg["frames_train"] = int(pretrain_frames)
-    if train_per_class is not None:
-        if train_per_class < 1:
-            raise ConfigError(f"--train-per-class must be >= 1, got {train_per_class}")
-        cfg["train_per_class"] = int(train_per_class)
-    if test_per_class is not None:
-        if test_per_class < 1:
-            raise ConfigError(f"--test-per-class must be >= 1, got {test_per_class}")
-        cfg["test_per_class"] = int(test_per_class)
+    cfg = world_config(size, pretrain_frames, train_per_class, test_per_class)
     out = Path(out_dir)
-    if (out / "manifest.json").exists():
-        old = json.loads((out / "manifest.json").read_text())
-        was = old.get("config") or {}
-        if old.get("seed") != seed or old.get("size") != size or \
-                any(was.get(k, cfg[k]) != cfg[k] for k in ("frames_train", "train_per_class", "test_per_class")):
-            raise ConfigError(f"{out}: holds a world of size {old.get('size')!r} seed {old.get('seed')} with "
-                              f"{was.get('frames_train')} pretraining frames, {was.get('train_per_class')} "
-                              f"source training videos and {was.get('test_per_class')} test videos per class; "
-                              "choose an empty folder")
+    differs = world_mismatch(out, size, seed, pretrain_frames, train_per_class, test_per_class)
+    if differs:
+        raise ConfigError(f"{out}: {differs}; choose an empty folder")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     h = w = cfg["image"]

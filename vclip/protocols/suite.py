@@ -28,8 +28,10 @@ Outputs: ``OUT/suite.md`` (tables, mean ± std over the protocol's splits/seeds/
 date and git commit) and ``OUT/suite.png``.
 
 When ``--world``/``--pretrained`` are not given, the world (:func:`vclip.data.world.generate_world`)
-and the pretrained CLIP (:func:`vclip.pretrain.pretrain`) are made under ``OUT/`` first (and reused
-by a rerun).
+and the pretrained CLIP (:func:`vclip.pretrain.pretrain`) are made under ``OUT/`` first, and reused
+by a rerun while the config's ``world``/``pretrain`` sections still ask for them (else an error). The
+cells' keys hold the world manifest's and the weight file's SHA-256, so new content at the same
+path recomputes them.
 """
 
 from __future__ import annotations
@@ -361,14 +363,21 @@ class Suite:
         self.pretrain_info: dict = {}
         if self.world is None:
             self.world = self.out / "world"
+            wc = self.cfg.get("world") or {}
+            asked = {"size": wc.get("size", "default"), "seed": int(wc.get("seed", 0)),
+                     **{k: int(wc[k]) for k in ("train_per_class", "test_per_class", "pretrain_frames")
+                        if wc.get(k) is not None}}
             if not (self.world / "spec.yaml").is_file() or not (self.world / "manifest.json").is_file():
                 gen = _contract("vclip.data.world", "generate_world", "--world")
-                wc = self.cfg.get("world") or {}
-                print(f"suite: generating the world in {self.world} (size {wc.get('size', 'default')})", flush=True)
-                extra = {k: int(wc[k]) for k in ("train_per_class", "test_per_class", "pretrain_frames")
-                         if wc.get(k) is not None}
-                self.world_info = gen(self.world, size=wc.get("size", "default"), workers=self.workers,
-                                      seed=int(wc.get("seed", 0)), **extra) or {}
+                print(f"suite: generating the world in {self.world} (size {asked['size']})", flush=True)
+                self.world_info = gen(self.world, workers=self.workers, **asked) or {}
+            else:  # made by an earlier run: still the world this config asks for?
+                differs = _contract("vclip.data.world", "world_mismatch", "--world")(self.world, **asked)
+                if differs:
+                    raise ConfigError(
+                        f"{self.world}: {differs}, by the `world` section of {self.config_file}. The cells "
+                        f"under {self.out} were computed in that world: pass another --out, or delete "
+                        f"{self.world}, {self.out / 'cache'} and {self.out / 'pretrained'} to remake them")
         self.world = Path(self.world).resolve()
         self.spec = self.world / "spec.yaml"
         if not self.spec.is_file():
@@ -378,15 +387,42 @@ class Suite:
             self.spec = self.frame_cache()
         if self.pretrained is None:
             self.pretrained = self.out / "pretrained" / "clip.pt"
+            pc = dict(self.cfg.get("pretrain") or {})
             if not self.pretrained.is_file():
                 pre = _contract("vclip.pretrain", "pretrain", "--pretrained")
-                pc = dict(self.cfg.get("pretrain") or {})
                 print(f"suite: pretraining the CLIP into {self.pretrained}", flush=True)
                 self.pretrain_info = pre(self.world, self.pretrained, progress=self.progress, **pc) or {}
+            else:  # made by an earlier run: with the settings this config asks for?
+                self._check_pretrained_settings(pc)
         self.pretrained = Path(self.pretrained).resolve()
         if not self.pretrained.exists():
             raise ConfigError(f"--pretrained {self.pretrained}: no such file")
         self.base_config = self._base_config()
+        # what the cells are computed from, by content: a world regenerated or weights retrained at
+        # the same path change every key (the paths alone would keep the old cells)
+        self.inputs_sha256 = {"world_manifest": _content_sha256(self.world / "manifest.json"),
+                              "pretrained": _content_sha256(self.pretrained)}
+
+    def _check_pretrained_settings(self, pc: dict) -> None:
+        """The suite's own pretrained file (``OUT/pretrained/clip.pt``) was trained with the settings
+        of the config's ``pretrain`` section (read from its ``clip.pt.json``); else an error."""
+        from vclip import pretrain as P
+
+        metrics_file = self.pretrained.with_name(self.pretrained.name + ".json")
+        try:
+            made = json.loads(metrics_file.read_text())
+        except (OSError, ValueError):
+            raise ConfigError(f"{metrics_file}: missing or unreadable, so the settings {self.pretrained} was "
+                              "trained with are unknown: delete it to pretrain again, or pass --pretrained") from None
+        asked = {"arch": P.DEFAULT_ARCH, "steps": P.DEFAULT_STEPS, "batch": P.DEFAULT_BATCH, "lr": P.DEFAULT_LR,
+                 "seed": 0, "hard_batches": P.DEFAULT_HARD_BATCHES}
+        asked.update({k: v for k, v in pc.items() if k in asked})
+        differs = [f"{k}: {made[k]!r} (asked {asked[k]!r})" for k in asked if k in made and made[k] != asked[k]]
+        if differs:
+            raise ConfigError(
+                f"{self.pretrained} was pretrained with other settings than the `pretrain` section of "
+                f"{self.config_file} asks: {'; '.join(differs)}. The cells under {self.out} used it: pass "
+                f"another --out, or delete {self.pretrained.parent} to pretrain again")
 
     def frame_cache(self) -> Path:
         """``OUT/cache``: the frame cache of the world's videos (``vclip data prepare --cache`` at
@@ -498,7 +534,8 @@ class Suite:
         return path
 
     def key(self, cell: Cell) -> str:
-        """What a finished cell was computed from: a changed config, world or weights recomputes it."""
+        """What a finished cell was computed from: a changed config, world or weights (by path or by
+        content: the world's manifest, the weight file's bytes) recomputes it."""
         protocols = self.cfg.get("protocols") or {}
         opts = protocols[cell.protocol]
         if cell.protocol == "zero_shot" and not cell.row.eval_only and "fully_supervised" in self.protocol_names:
@@ -507,7 +544,8 @@ class Suite:
             opts = {"fully_supervised": opts, "token_merging": self.cfg["token_merging"]}
         blob = json.dumps({"config": self.row_config(cell.row).read_text(), "protocol": opts,
                            "world": str(self.world), "pretrained": str(self.pretrained),
-                           "eval_only": cell.row.eval_only}, sort_keys=True, default=str)
+                           "inputs_sha256": self.inputs_sha256, "eval_only": cell.row.eval_only},
+                          sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def load_cell(self, cell: Cell) -> dict | None:
@@ -975,6 +1013,17 @@ def _read_json(path: Path, keep: Sequence[str]) -> dict:
     except (OSError, ValueError):
         return {}
     return {k: d[k] for k in keep if k in d} if isinstance(d, dict) else {}
+
+
+def _content_sha256(path: Path) -> str | None:
+    """SHA-256 of a file; of a folder (e.g. a Hugging Face CLIP), of its files' names and hashes."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return hashlib.sha256("".join(f"{p.relative_to(path)}\0{sha256_file(p)}\n" for p in files).encode()).hexdigest()
+    return None
 
 
 def _contract(module: str, name: str, option: str):
