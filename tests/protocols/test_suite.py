@@ -619,13 +619,10 @@ def test_overrides_on_the_command_line(tmp_path, world, pretrained, capsys):
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_a_parallel_suite_tidily_and_a_rerun_finishes_it(tmp_path, world, pretrained):
-    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) during a ``--workers 2``
-    suite: exit 130 in seconds, no traceback, no cell recorded as failed, the interrupted training
-    saved; the same command then finishes every cell. Wherever the signal lands, the verdict is the
-    same: no timing is assumed beyond "a first checkpoint exists"."""
+def _parallel_suite_until_a_checkpoint(tmp_path, world, pretrained):
+    """A ``--workers 2`` suite started in its own session, returned once a training has saved a
+    first checkpoint: ``(process, out, command, env)``."""
     import os
-    import signal
     import subprocess
     import time
 
@@ -637,12 +634,27 @@ def test_ctrl_c_stops_a_parallel_suite_tidily_and_a_rerun_finishes_it(tmp_path, 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not list(out.glob("runs/*/*/checkpoints/last")) and proc.poll() is None:
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, 9)
+            raise AssertionError("no checkpoint within 240 s")
+        time.sleep(0.2)
+    assert proc.poll() is None, "the suite ended before it could be interrupted"
+    return proc, out, cmd, env
+
+
+def test_ctrl_c_stops_a_parallel_suite_tidily_and_a_rerun_finishes_it(tmp_path, world, pretrained):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) during a ``--workers 2``
+    suite: exit 130 in seconds, no traceback, no cell recorded as failed, the interrupted training
+    saved; the same command then finishes every cell. Wherever the signal lands, the verdict is the
+    same: no timing is assumed beyond "a first checkpoint exists"."""
+    import os
+    import signal
+    import subprocess
+
+    proc, out, cmd, env = _parallel_suite_until_a_checkpoint(tmp_path, world, pretrained)
     try:
-        deadline = time.monotonic() + 240
-        while not list(out.glob("runs/*/*/checkpoints/last")) and proc.poll() is None:
-            assert time.monotonic() < deadline, "no checkpoint within 240 s"
-            time.sleep(0.2)
-        assert proc.poll() is None, "the suite ended before it could be interrupted"
         os.killpg(proc.pid, signal.SIGINT)
         log, _ = proc.communicate(timeout=90)
     finally:
@@ -661,3 +673,37 @@ def test_ctrl_c_stops_a_parallel_suite_tidily_and_a_rerun_finishes_it(tmp_path, 
     assert done.returncode == 0, done.stdout[-3000:]
     cells = json.loads((out / "suite.json").read_text())["cells"]
     assert len(cells) == 9 and all(c["status"] == "done" for c in cells.values())
+
+
+def test_sigterm_to_the_main_process_stops_the_workers_too(tmp_path, world, pretrained):
+    """``kill PID`` (SIGTERM to the main process alone, as a scheduler or a user sends it) during a
+    ``--workers 2`` suite: the main process stops its workers before it exits (no worker left
+    running the cells on its own), with status 143, no traceback and the rerun's advice."""
+    import os
+    import signal
+    import time
+
+    proc, out, _, _ = _parallel_suite_until_a_checkpoint(tmp_path, world, pretrained)
+    try:
+        os.kill(proc.pid, signal.SIGTERM)
+        log, _ = proc.communicate(timeout=90)
+        deadline, alive = time.monotonic() + 10, True
+        while alive and time.monotonic() < deadline:  # the session's processes: the workers, if any
+            try:
+                os.killpg(proc.pid, 0)
+                time.sleep(0.2)
+            except ProcessLookupError:
+                alive = False
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 143, log[-3000:]
+    assert not alive, "a worker outlived the suite"
+    assert "Traceback" not in log and "run the same vclip suite command again" in log, log[-3000:]
+    records = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
+    assert all(r["status"] != "failed" for r in records), records
+    steps = [max(r.get("step", 0) for r in map(json.loads, m.read_text().splitlines()))
+             for m in out.glob("runs/*__fully_supervised/sup_k400_train/metrics.jsonl")]
+    assert steps and min(steps) < 300  # the workers were stopped (a training saved early), not awaited

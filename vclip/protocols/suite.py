@@ -624,33 +624,56 @@ class Suite:
         as in a one-process run, so an interrupted parallel suite resumes the same way.
 
         Interrupts: the workers ignore SIGINT (a Ctrl-C reaches the whole process group); the main
-        process, on Ctrl-C or any error, cancels the tasks not started, sends the running workers
-        SIGTERM once and waits for them. A training run answers by saving a checkpoint at its next
+        process, on Ctrl-C, on SIGTERM sent to it alone (``kill PID``, a scheduler's notice) or on
+        any error, cancels the tasks not started, sends the running workers SIGTERM once and waits
+        for them, so no worker outlives it. A training run answers by saving a checkpoint at its next
         optimizer step and stopping; a worker elsewhere stops where it is (every file is written
-        atomically), see :func:`_worker_signals`."""
+        atomically), see :func:`_worker_signals`. SIGTERM ends the command with status 143."""
         import multiprocessing as mp
+        import signal
+        import threading
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
         threads = max(1, _cpus() // self.workers)
         order = {item[1].name: item for item in todo}
-        with ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"),
-                                 initializer=_worker_signals) as pool:
-            pending = {pool.submit(_run_task, self, [(c, k) for _, c, k in task], dict(results), threads)
-                       for task in self.tasks(todo)}
-            try:
-                while pending:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        for name, res in fut.result():
-                            i, cell, _ = order[name]
-                            finished(i, cell, res)
-            except BaseException:
-                for fut in pending:
-                    fut.cancel()
-                for proc in list((getattr(pool, "_processes", None) or {}).values()):
-                    if proc.is_alive():
-                        proc.terminate()  # SIGTERM: the trainer saves and stops
-                raise
+        terminated = []
+
+        def on_sigterm(signum, frame):
+            if not terminated:  # the first one stops the suite; a second must not cut its cleanup short
+                terminated.append(signum)
+                raise KeyboardInterrupt("SIGTERM")
+
+        previous = signal.signal(signal.SIGTERM, on_sigterm) \
+            if threading.current_thread() is threading.main_thread() else None
+        try:
+            with ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"),
+                                     initializer=_worker_signals) as pool:
+                pending = {pool.submit(_run_task, self, [(c, k) for _, c, k in task], dict(results), threads)
+                           for task in self.tasks(todo)}
+                try:
+                    while pending:
+                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        for fut in done:
+                            for name, res in fut.result():
+                                i, cell, _ = order[name]
+                                finished(i, cell, res)
+                except BaseException:
+                    for fut in pending:
+                        fut.cancel()
+                    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                        if proc.is_alive():
+                            proc.terminate()  # SIGTERM: the trainer saves and stops
+                    raise
+        except BaseException:
+            if terminated:  # the workers are gone (the pool waited for them): end as SIGTERM does
+                raise TrainingInterrupted(
+                    "SIGTERM: the suite stopped its workers (a training among them saved a checkpoint)",
+                    signum=signal.SIGTERM, exit_code=128 + signal.SIGTERM, resume_command="vclip suite",
+                    checkpoint="") from None
+            raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     def protocol_datasets(self, protocol: str) -> list[str]:
         o = (self.cfg.get("protocols") or {})[protocol] or {}
