@@ -172,6 +172,18 @@ def test_bad_arguments_and_another_world_in_the_folder_are_refused(tiny_world):
         W.generate_world(tiny_world / "x", size="tiny", workers=0)
 
 
+def test_an_unreadable_world_manifest_is_a_clear_error(tmp_path):
+    from vclip.errors import ConfigError
+
+    (tmp_path / "manifest.json").write_text("{cut short")
+    with pytest.raises(ConfigError, match=r"manifest\.json: unreadable .*vclip data world"):
+        W.world_mismatch(tmp_path, size="tiny")
+    (tmp_path / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="expected a JSON object, got list"):
+        W.generate_world(tmp_path, size="tiny")
+    assert W.world_mismatch(tmp_path / "empty", size="tiny") is None
+
+
 def test_ost_descriptor_files_cover_every_dataset_by_name(tiny_world):
     from vclip.protocols.runner import load_data_spec
     from vclip.text.descriptors import read_descriptors

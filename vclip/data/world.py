@@ -574,7 +574,12 @@ def world_mismatch(out_dir, size: str = "quick", seed: int = 0, pretrain_frames:
     if not manifest.exists():
         return None
     cfg = world_config(size, pretrain_frames, train_per_class, test_per_class)
-    old = json.loads(manifest.read_text())
+    try:
+        old = json.loads(manifest.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{manifest}: unreadable ({e}); not a world made by `vclip data world`?") from None
+    if not isinstance(old, dict):
+        raise ConfigError(f"{manifest}: expected a JSON object, got {type(old).__name__}")
     was = old.get("config") or {}
     if old.get("seed") == seed and old.get("size") == size and \
             all(was.get(k, cfg[k]) == cfg[k] for k in ("frames_train", "train_per_class", "test_per_class")):

@@ -930,10 +930,9 @@ class Suite:
             "config_file": str(self.config_file), "config": self.cfg, "world": str(self.world),
             "world_info": self.world_info or _read_json(self.world / "manifest.json", keep=("seed", "version",
                                                                                               "generator", "size")),
-            "world_manifest_sha256": sha256_file(self.world / "manifest.json")
-            if (self.world / "manifest.json").is_file() else None,
-            "pretrained": {"file": str(self.pretrained), "sha256": sha256_file(self.pretrained) if self.pretrained.is_file()
-                           else None, "info": self.pretrain_info},
+            "world_manifest_sha256": _content_sha256(self.world / "manifest.json"),
+            "pretrained": {"file": str(self.pretrained), "sha256": _content_sha256(self.pretrained),
+                           "info": self.pretrain_info},
             "machine": self.machine, "commit": self.commit,
             "rows": [{"name": r.name, "method": r.method, "label": r.label, "eval_only": r.eval_only}
                      for r in self.rows],
