@@ -19,20 +19,31 @@ For each architecture (default ViT-B/16 and ViT-B/32; batch 64, 8 frames, 224 px
 Prints views/s for each and the ratio vclip / transformers; ``--json FILE`` writes everything with
 the machine, the date and the command.
 
+``--compile`` compiles both paths (``torch.compile``; ``--compile vclip``: vclip's alone, against
+transformers as users run it), ``--compile-mode`` picks the mode, ``--freezing`` turns on
+inductor's freezing (weights folded in as constants — on the CPU prepacked for oneDNN —; only
+valid while the weights do not change, as here). ``--interleave`` times the two in alternating
+rounds (one run of each per round, the order swapped every round) instead of one after the other,
+so that the load of a shared machine hits both alike.
+
     python benchmarks/bench_xclip_vs_hf.py                                   # GPU defaults
     python benchmarks/bench_xclip_vs_hf.py --archs ViT-B-32 --batch 2 --classes 16 --repeats 3   # CPU
+    python benchmarks/bench_xclip_vs_hf.py --archs ViT-B-32 --batch 2 --classes 16 --repeats 9 \
+        --interleave --compile vclip --freezing                                                  # CPU, compiled
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
 
-from vclip.bench.timing import MemoryMeter, command_line, measure, record, write_record
+from vclip.bench.timing import MemoryMeter, Timing, command_line, measure, record, write_record
 from vclip.methods import xclip_convert as xc
 from vclip.methods.base import Vocabulary
 
@@ -138,6 +149,41 @@ def time_one(fn, device, args) -> tuple[dict, dict]:
     return t.to_dict() | {"views_per_s": t.rate(args.batch)}, meter.stop()
 
 
+def time_interleaved(steps: dict, device, args) -> dict[str, dict]:
+    """Each step warmed up, then ``args.repeats`` rounds of one timed run (``args.iters`` calls) of
+    each step, the order reversed every round; per step the median/min/max over its runs."""
+    first = {name: measure(fn, device, warmup=args.warmup, repeats=1, iters=1).first_call_s
+             for name, fn in steps.items()}
+    runs: dict[str, list[float]] = {name: [] for name in steps}
+    order = list(steps)
+    for r in range(args.repeats):
+        for name in (order if r % 2 == 0 else order[::-1]):
+            runs[name].append(measure(steps[name], device, warmup=0, repeats=1, iters=args.iters).runs_s[0])
+    out = {}
+    for name, rs in runs.items():
+        t = Timing(median_s=statistics.median(rs), min_s=min(rs), max_s=max(rs), runs_s=rs, warmup=args.warmup,
+                   iters=args.iters, timer=("cuda_events" if device.type == "cuda" else "perf_counter"),
+                   first_call_s=first[name])
+        out[name] = t.to_dict() | {"views_per_s": t.rate(args.batch), "interleaved": True}
+    return out
+
+
+def compile_options(args) -> dict:
+    """``torch.compile`` keyword arguments of ``--compile-mode`` / ``--compile-backend`` / ``--freezing``."""
+    kw: dict = {"backend": args.compile_backend}
+    if args.compile_mode:
+        kw["mode"] = args.compile_mode
+    if args.freezing:
+        if not args.compile:
+            raise SystemExit("--freezing needs --compile (it is an option of the compiler)")
+        if args.compile_backend != "inductor":
+            raise SystemExit(f"--freezing is an inductor option; --compile-backend is {args.compile_backend}")
+        if args.compile_mode:
+            raise SystemExit("--freezing and --compile-mode cannot be combined (torch.compile takes a mode or options)")
+        kw["options"] = {"freezing": True}
+    return kw
+
+
 def bench_arch(arch: str, args, device: torch.device) -> dict:
     from vclip.backbone.tokenizer import get_tokenizer
 
@@ -165,20 +211,37 @@ def bench_arch(arch: str, args, device: torch.device) -> dict:
 
         def f_hf(v):
             return hf(input_ids=ids, pixel_values=v).logits_per_video
-    if args.compile:
-        f_vclip, f_hf = torch.compile(f_vclip), torch.compile(f_hf)
+    compiled = {"vclip": args.compile in ("both", "vclip"), "transformers": args.compile == "both"}
+    if compiled["vclip"]:
+        f_vclip = torch.compile(f_vclip, **compile_options(args))
+    if compiled["transformers"]:
+        f_hf = torch.compile(f_hf, **compile_options(args))
+    first_call_s, logits = {}, {}
     with torch.no_grad(), amp:
-        agree = rel_err(f_vclip(video[:2]), f_hf(video[:2]))
-    out = {"arch": arch, "check": check, f"rel_err_{args.dtype}_timed_paths": agree}
+        # on the timed batch itself: a compiled path compiles here, for the shape it is timed on
+        for name, fn in (("vclip", f_vclip), ("transformers", f_hf)):
+            t0 = time.perf_counter()
+            logits[name] = fn(video).float()
+            first_call_s[name] = time.perf_counter() - t0  # includes the compilation
+        agree = rel_err(logits["vclip"], logits["transformers"])
+    out = {"arch": arch, "check": check, f"rel_err_{args.dtype}_timed_paths": agree, "compiled": compiled,
+           "first_call_s": first_call_s}
     order = [("vclip", f_vclip), ("transformers", f_hf)]
     if args.hf_first:
         order.reverse()
+    steps = {}
     for name, fn in order:
         def step(fn=fn):
             with torch.no_grad(), amp:
                 return fn(video)
 
-        out[name], out[name + "_memory"] = time_one(step, device, args)
+        steps[name] = step
+    timed = time_interleaved(steps, device, args) if args.interleave else None
+    for name in steps:
+        if timed is not None:
+            out[name], out[name + "_memory"] = timed[name], None  # memory is not measured interleaved
+        else:
+            out[name], out[name + "_memory"] = time_one(steps[name], device, args)
         v = out[name]["views_per_s"]
         print(f"{arch:9s} {name:12s} {v['median']:9.2f} views/s (min {v['min']:.2f}, max {v['max']:.2f}; "
               f"{1000 * out[name]['median_s']:.1f} ms per batch of {args.batch})", flush=True)
@@ -201,7 +264,14 @@ def main(argv=None) -> int:
                     help="autocast dtype (auto: bf16 on CUDA, fp32 on the CPU)")
     ap.add_argument("--hf-attn", default="sdpa", help="transformers attn_implementation (sdpa, eager, flash_attention_2)")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--compile", action="store_true", help="torch.compile both")
+    ap.add_argument("--compile", nargs="?", const="both", default=None, choices=["both", "vclip"],
+                    help="torch.compile both paths (--compile / --compile both) or vclip's alone (--compile vclip)")
+    ap.add_argument("--compile-mode", default=None, help="torch.compile mode (default, reduce-overhead, max-autotune)")
+    ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend (inductor; aot_eager for smoke tests)")
+    ap.add_argument("--freezing", action="store_true",
+                    help="inductor freezing: weights folded in as constants (CPU: prepacked for oneDNN)")
+    ap.add_argument("--interleave", action="store_true",
+                    help="time the two in alternating rounds (one run of each per round) instead of one after the other")
     ap.add_argument("--warmup", type=int, default=None, help="default 3 on CUDA, 1 on the CPU")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--iters", type=int, default=None, help="calls per timed run (default 10 CUDA, 1 CPU)")
@@ -211,6 +281,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    compile_options(args)  # refuses bad combinations before anything is built
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
