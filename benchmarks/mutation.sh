@@ -17,7 +17,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 PYTHON="${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}"
-PYTHON="$(command -v "$PYTHON" || echo "$ROOT/$PYTHON")"
+PYTHON="$(command -v "$PYTHON" || echo "$PYTHON")"
+case "$PYTHON" in /*) ;; *) PYTHON="$ROOT/$PYTHON" ;; esac   # mutmut runs from the scratch copy
 WORK="${MUTATION_DIR:-$ROOT/.mutation}"
 RESULTS="${MUTATION_RESULTS:-$ROOT/benchmarks/results/mutation}"
 
@@ -37,18 +38,20 @@ declare -A TESTS=(
   [vclip/methods/vilt.py]="tests/methods/test_vilt.py tests/protocols/test_vilt_protocol.py"
   [vclip/methods/alt.py]="tests/methods/test_alt.py tests/text/test_alt_corpus.py"
   [vclip/methods/moted.py]="tests/methods/test_moted_units.py tests/methods/test_moted.py tests/protocols/test_moted_protocol.py"
+  [vclip/backbone/model.py]="tests/backbone/test_model.py tests/backbone/test_parity.py tests/backbone/test_hooks.py tests/backbone/test_hooks_v2.py tests/methods/test_token_merging.py tests/methods/test_fast_path_methods.py"
 )
 # tests of a subset left out (pytest --deselect): the 2-process DDP tests (mp.spawn children, which
 # mutmut neither traces nor trampolines; minutes each)
 declare -A DESELECT=(
   [vclip/methods/vilt.py]="tests/methods/test_vilt.py::test_two_process_ddp_equals_one_process_for_both_loss_terms"
   [vclip/methods/moted.py]="tests/methods/test_moted.py::test_loss_terms_and_gradients_under_two_process_ddp_equal_one_process"
+  [vclip/backbone/model.py]="tests/backbone/test_parity.py::test_round_trip_vclip_hf_vclip_is_exact[ViT-B-32] tests/backbone/test_parity.py::test_hf_directory_parity[ViT-B-32]"
 )
 # the default order: small and most valuable first
 ORDER=(vclip/engine/metrics.py vclip/data/sampling.py vclip/data/transforms.py vclip/engine/optim.py
        vclip/methods/od_solver.py vclip/backbone/hooks.py vclip/methods/clip.py vclip/methods/xclip.py
        vclip/methods/ost.py vclip/engine/evaluate.py vclip/engine/trainer.py
-       vclip/methods/vilt.py vclip/methods/alt.py vclip/methods/moted.py)
+       vclip/methods/vilt.py vclip/methods/alt.py vclip/methods/moted.py vclip/backbone/model.py)
 
 if ! "$PYTHON" -c "import mutmut" 2>/dev/null; then
   echo "mutation.sh: mutmut is not installed for $PYTHON (pip install -e '.[dev]')" >&2; exit 2

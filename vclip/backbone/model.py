@@ -57,7 +57,12 @@ class QuickGELU(nn.Module):
 
 
 def make_activation(name: str) -> nn.Module:
-    return QuickGELU() if name == "quick_gelu" else nn.GELU()
+    """``"quick_gelu"`` (OpenAI's CLIP) or ``"gelu"`` (exact, erf); any other name is refused."""
+    if name == "quick_gelu":
+        return QuickGELU()
+    if name == "gelu":
+        return nn.GELU()
+    raise ValueError(f"activation: expected 'quick_gelu' or 'gelu', got {name!r}")
 
 
 class DropPath(nn.Module):
