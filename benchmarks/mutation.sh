@@ -38,6 +38,7 @@ declare -A TESTS=(
   [vclip/methods/vilt.py]="tests/methods/test_vilt.py tests/protocols/test_vilt_protocol.py"
   [vclip/methods/alt.py]="tests/methods/test_alt.py tests/text/test_alt_corpus.py"
   [vclip/methods/moted.py]="tests/methods/test_moted_units.py tests/methods/test_moted.py tests/protocols/test_moted_protocol.py"
+  [vclip/data/cache.py]="tests/data/test_cache.py"
   [vclip/backbone/model.py]="tests/backbone/test_model.py tests/backbone/test_parity.py tests/backbone/test_hooks.py tests/backbone/test_hooks_v2.py tests/methods/test_token_merging.py tests/methods/test_fast_path_methods.py"
 )
 # tests of a subset left out (pytest --deselect): the 2-process DDP tests (mp.spawn children, which
@@ -51,7 +52,8 @@ declare -A DESELECT=(
 ORDER=(vclip/engine/metrics.py vclip/data/sampling.py vclip/data/transforms.py vclip/engine/optim.py
        vclip/methods/od_solver.py vclip/backbone/hooks.py vclip/methods/clip.py vclip/methods/xclip.py
        vclip/methods/ost.py vclip/engine/evaluate.py vclip/engine/trainer.py
-       vclip/methods/vilt.py vclip/methods/alt.py vclip/methods/moted.py vclip/backbone/model.py)
+       vclip/methods/vilt.py vclip/methods/alt.py vclip/methods/moted.py vclip/backbone/model.py
+       vclip/data/cache.py)
 
 if ! "$PYTHON" -c "import mutmut" 2>/dev/null; then
   echo "mutation.sh: mutmut is not installed for $PYTHON (pip install -e '.[dev]')" >&2; exit 2

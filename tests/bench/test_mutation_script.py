@@ -10,7 +10,8 @@ SCRIPT = ROOT / "benchmarks" / "mutation.sh"
 CORE = ["vclip/methods/od_solver.py", "vclip/methods/ost.py", "vclip/methods/xclip.py", "vclip/methods/clip.py",
         "vclip/engine/trainer.py", "vclip/engine/evaluate.py", "vclip/engine/metrics.py", "vclip/engine/optim.py",
         "vclip/data/transforms.py", "vclip/data/sampling.py", "vclip/backbone/hooks.py",
-        "vclip/methods/vilt.py", "vclip/methods/alt.py", "vclip/methods/moted.py", "vclip/backbone/model.py"]
+        "vclip/methods/vilt.py", "vclip/methods/alt.py", "vclip/methods/moted.py", "vclip/backbone/model.py",
+        "vclip/data/cache.py"]
 
 
 def subsets(table: str = "TESTS") -> dict[str, list[str]]:

@@ -187,3 +187,165 @@ def test_tiny_train_through_the_cache_matches_pyav(tmp_path):
         losses[backend] = [json.loads(x)["loss"] for x in lines if '"loss"' in x]
     assert len(losses["cache"]) == 2 and all(np.isfinite(losses["cache"]))
     assert losses["cache"] == losses["pyav"]
+
+
+# --------------------------------------------------------------------------------------------------
+# the pieces one by one (from mutation testing: benchmarks/mutation.sh vclip/data/cache.py)
+
+
+def test_long_videos_are_written_chunk_by_chunk(src, tmp_path, monkeypatch):
+    """A video longer than one decoding chunk: every chunk lands at its place (a 50-frame video in
+    chunks of 7 frames, the last one partial)."""
+    monkeypatch.setattr(fcache, "CHUNK", 7)
+    dst = tmp_path / "cache"
+    _build(src, dst)
+    with open_video(dst / "a/one.mp4", "cache") as c, open_video(src / "a/one.mp4", "pyav") as ref:
+        np.testing.assert_array_equal(c.get_frames(range(50)), ref.get_frames(range(50)))
+
+
+def test_metadata_records_what_the_docstring_promises(src, tmp_path):
+    import time
+
+    import av
+
+    t0 = time.time()
+    dst = tmp_path / "cache"
+    _build(src, dst, short_side=40)
+    meta = json.loads((dst / "a" / "one.npy.json").read_text(encoding="utf-8"))
+    stat = (src / "a" / "one.mp4").stat()
+    assert meta["source_size"] == stat.st_size and meta["source_mtime_ns"] == stat.st_mtime_ns
+    assert (meta["num_frames"], meta["height"], meta["width"]) == (50, 40, 54)
+    assert (meta["source_height"], meta["source_width"]) == (60, 80)
+    assert meta["fps"] == pytest.approx(25) and meta["duration"] == pytest.approx(2.0, abs=0.05)
+    assert meta["settings"] == {"cache_version": fcache.CACHE_VERSION, "short_side": 40, "interpolation": "AREA"}
+    libavcodec = ".".join(str(x) for x in av.library_versions["libavcodec"])
+    assert meta["decoder"] == {"pyav": av.__version__, "libavcodec": libavcodec}
+    assert meta["bytes"] == (dst / "a" / "one.npy").stat().st_size == 128 + 50 * 40 * 54 * 3
+    assert t0 - 1 <= meta["created"] <= time.time() + 1
+    manifest = json.loads((dst / fcache.MANIFEST).read_text())
+    assert manifest["cache_version"] == fcache.CACHE_VERSION and manifest["settings"] == meta["settings"]
+    assert manifest["videos"]["a/one.mp4"] == meta and set(manifest["videos"]) == {"a/one.mp4", "two.mp4"}
+    with open_video(dst / "a/one.mp4", "cache") as c:
+        assert c.meta == meta and c.duration == pytest.approx(meta["duration"])
+        assert isinstance(c._frames, np.memmap)  # memory-mapped, not read into memory
+
+
+def test_a_truncated_shard_is_rebuilt_by_a_plain_run_without_rehashing(src, tmp_path, monkeypatch):
+    dst = tmp_path / "cache"
+    _build(src, dst)
+    good = (dst / "two.npy").read_bytes()
+    (dst / "two.npy").write_bytes(good[:-10])
+    hashed = []
+    real = fcache.sha256_file
+    monkeypatch.setattr(fcache, "sha256_file", lambda p: hashed.append(p) or real(p))
+    assert {r.rel: r.status for r in _build(src, dst)} == {"a/one.mp4": "skipped", "two.mp4": "done"}
+    assert [p.name for p in hashed] == ["two.npy"]  # the rebuilt shard's new hash only: no re-hash of the others
+    assert (dst / "two.npy").read_bytes() == good
+
+
+def test_metadata_errors_name_the_file(src, tmp_path):
+    dst = tmp_path / "cache"
+    _build(src, dst)
+    meta_file = dst / "two.npy.json"
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text("{not json")
+    with pytest.raises(VideoDecodeError, match=r"two\.npy\.json: frame cache metadata unreadable \(video not cached, "
+                                               r"or its build was interrupted\); rebuild it with `vclip data prepare"):
+        open_video(dst / "two.mp4", "cache")
+    meta_file.write_text("[1, 2]")  # valid JSON, not an object
+    with pytest.raises(VideoDecodeError, match=r"two\.npy\.json: frame cache metadata unreadable"):
+        open_video(dst / "two.mp4", "cache")
+    assert not fcache.is_current(src / "two.mp4", dst / "two.npy", 0)
+    meta_file.write_text(json.dumps({k: v for k, v in meta.items() if k != "num_frames"}))
+    with pytest.raises(VideoDecodeError, match=r"two\.npy\.json: corrupt frame cache metadata; rebuild it with"):
+        open_video(dst / "two.mp4", "cache")
+
+
+def test_a_shard_whose_array_disagrees_with_its_metadata_is_refused(src, tmp_path):
+    dst = tmp_path / "cache"
+    _build(src, dst)
+    shard = dst / "two.npy"
+    frames = np.load(shard)
+    np.save(shard, np.ascontiguousarray(frames.transpose(0, 2, 1, 3)))  # H and W swapped: same size
+    with pytest.raises(VideoDecodeError, match=r"two\.npy: corrupt frame cache shard \(array uint8 \[30, 64, 48, 3\], "
+                                               r"metadata says uint8 \[30, 48, 64, 3\]\); delete it and rebuild"):
+        open_video(dst / "two.mp4", "cache")
+    shard.write_bytes(b"garbage!" + shard.read_bytes()[8:])
+    with pytest.raises(VideoDecodeError, match=r"two\.npy: corrupt frame cache shard \(ValueError: "):
+        open_video(dst / "two.mp4", "cache")
+
+
+def test_frame_counts_one_and_zero(tmp_path):
+    d = tmp_path / "src"
+    make_video(d / "single.mp4", frames=1, size=(32, 32), fps=25, gop=1)
+    dst = tmp_path / "cache"
+    _build(d, dst)
+    with open_video(dst / "single.mp4", "cache") as c:
+        assert c.num_frames == 1 and c.get_frames([0]).shape == (1, 32, 32, 3)
+    meta = json.loads((dst / "single.npy.json").read_text())
+    np.save(dst / "single.npy", np.zeros((0, 32, 32, 3), np.uint8))
+    meta.update(num_frames=0, bytes=(dst / "single.npy").stat().st_size)
+    (dst / "single.npy.json").write_text(json.dumps(meta))
+    with pytest.raises(VideoDecodeError, match=r"single\.npy: frame cache shard holds no frames"):
+        open_video(dst / "single.mp4", "cache", check_source=False)
+
+
+def test_the_reader_trusts_a_shard_whose_sources_are_elsewhere(src, tmp_path):
+    """Only the cache copied to another machine: the recorded source is missing (or not recorded):
+    the shard is served; and fps / duration fall back to 30 and n / fps when not recorded."""
+    dst = tmp_path / "cache"
+    _build(src, dst)
+    (src / "two.mp4").unlink()
+    with open_video(dst / "two.mp4", "cache") as c:
+        assert c.num_frames == 30
+    meta_file = dst / "two.npy.json"
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps({k: v for k, v in meta.items() if k not in ("source", "fps", "duration")}))
+    with open_video(dst / "two.mp4", "cache") as c:
+        assert c.fps == 30.0 and c.duration == pytest.approx(1.0)
+    with open_video(dst / "two.mp4", "cache", verify=True) as c:  # verify passes on an intact shard
+        assert c.get_frames([0, 29]).shape == (2, 48, 64, 3)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_build_many_keeps_relative_paths_and_order(src, tmp_path, workers):
+    """The benchmarks' building block: shards under their paths relative to the videos' common
+    folder, returned in the input order, the same frames with one process or a pool."""
+    videos = [src / "two.mp4", src / "a" / "one.mp4"]
+    dst = tmp_path / "deep" / "cache"  # parents created
+    paths = fcache.build_many(videos, dst, short_side=40, workers=workers)
+    assert paths == [dst / "two.mp4", dst / "a" / "one.mp4"]
+    for video, path in zip(videos, paths):
+        assert json.loads(fcache.meta_path(fcache.shard_path(path)).read_text())["settings"]["short_side"] == 40
+        with open_video(path, "cache") as c, open_video(video, "pyav", short_side=40) as ref:
+            np.testing.assert_array_equal(c.get_frames([0, 5, 9]), ref.get_frames([0, 5, 9]))
+    assert fcache.build_many([], tmp_path / "empty") == []
+
+
+def test_an_inaccessible_shard_names_the_file_and_the_reason(src, tmp_path, monkeypatch):
+    dst = tmp_path / "cache"
+    _build(src, dst)
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(fcache.os.path, "getsize", denied)
+    with pytest.raises(VideoDecodeError, match=r"two\.npy: cannot access frame cache shard \(Permission denied\); "
+                                               r"rebuild it with `vclip data prepare --cache"):
+        open_video(dst / "two.mp4", "cache")
+
+
+def test_defaults_keep_the_native_size_and_skip_without_rehashing(src, tmp_path, monkeypatch):
+    video = src / "two.mp4"
+    shard = tmp_path / "c" / "two.npy"
+    assert fcache.build_one(video, shard) == ("done", 30)  # short_side 0: native 64x48
+    (path,) = fcache.build_many([video], tmp_path / "m")
+    for p in (shard, path):
+        with open_video(p, "cache") as c:
+            assert (c.width, c.height) == (64, 48)
+    flipped = bytearray(shard.read_bytes())
+    flipped[-1] ^= 0xFF
+    shard.write_bytes(bytes(flipped))  # same size: only a re-hash can tell
+    monkeypatch.setattr(fcache, "sha256_file", lambda p: pytest.fail(f"re-hashed {p}"))
+    assert fcache.is_current(video, shard, 0)
+    assert fcache.build_one(video, shard) == ("skipped", 30)
