@@ -6,7 +6,7 @@
 #   bash benchmarks/mutation.sh vclip/engine/metrics.py  # one module (or several)
 #
 # Each module is mutated alone, against its own test subset (the test files that cover it, `-x`,
-# no slow tests, no torch.compile tests, minus the DESELECT ids: 2-process DDP tests), in a
+# no slow tests, no torch.compile tests, minus the DESELECT ids: 2-process DDP tests, slow parity cases), in a
 # scratch copy of the repository under .mutation/<module>/ (mutmut rewrites the code it mutates
 # under mutants/; the working tree is never touched). Per module it prints and
 # records (benchmarks/results/mutation/<module>.txt) the counts by status and every surviving
@@ -42,7 +42,8 @@ declare -A TESTS=(
   [vclip/backbone/model.py]="tests/backbone/test_model.py tests/backbone/test_parity.py tests/backbone/test_hooks.py tests/backbone/test_hooks_v2.py tests/methods/test_token_merging.py tests/methods/test_fast_path_methods.py"
 )
 # tests of a subset left out (pytest --deselect): the 2-process DDP tests (mp.spawn children, which
-# mutmut neither traces nor trampolines; minutes each)
+# mutmut neither traces nor trampolines; minutes each) and the ViT-B/32 parity cases (9-18 s each,
+# rerun by every surviving mutant; their tiny cases stay)
 declare -A DESELECT=(
   [vclip/methods/vilt.py]="tests/methods/test_vilt.py::test_two_process_ddp_equals_one_process_for_both_loss_terms"
   [vclip/methods/moted.py]="tests/methods/test_moted.py::test_loss_terms_and_gradients_under_two_process_ddp_equal_one_process"

@@ -21,13 +21,13 @@ import bench_xclip_vs_hf as bench  # noqa: E402
 TINY = ["--archs", "tiny", "--batch", "2", "--frames", "4", "--image-size", "32", "--classes", "4"]
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
 @pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def fresh_dynamo():
     yield
-    torch.set_num_threads(n)
-    torch._dynamo.reset()
+    torch._dynamo.reset()  # compiled graphs hold the test's models
 
 
 def test_vclip_alone_compiled_and_timed_interleaved(tmp_path):
