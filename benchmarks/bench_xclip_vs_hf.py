@@ -22,7 +22,8 @@ the machine, the date and the command.
 ``--compile`` compiles both paths (``torch.compile``; ``--compile vclip``: vclip's alone, against
 transformers as users run it), ``--compile-mode`` picks the mode, ``--freezing`` turns on
 inductor's freezing (weights folded in as constants — on the CPU prepacked for oneDNN —; only
-valid while the weights do not change, as here). ``--interleave`` times the two in alternating
+valid while the weights do not change, as here). ``--profile N`` records, after timing, the N
+costliest operators of one call of each (``torch.profiler``, self CPU time). ``--interleave`` times the two in alternating
 rounds (one run of each per round, the order swapped every round) instead of one after the other,
 so that the load of a shared machine hits both alike.
 
@@ -168,6 +169,19 @@ def time_interleaved(steps: dict, device, args) -> dict[str, dict]:
     return out
 
 
+def profile_ops(step, top: int) -> list[dict]:
+    """One call of ``step`` under ``torch.profiler`` (CPU activity): the ``top`` operators by self
+    CPU time, each with its share of the call's total self time and its number of calls."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    return [{"op": e.key, "self_cpu_share": e.self_cpu_time_total / total, "calls": e.count} for e in events[:top]]
+
+
 def compile_options(args) -> dict:
     """``torch.compile`` keyword arguments of ``--compile-mode`` / ``--compile-backend`` / ``--freezing``."""
     kw: dict = {"backend": args.compile_backend}
@@ -245,6 +259,11 @@ def bench_arch(arch: str, args, device: torch.device) -> dict:
         v = out[name]["views_per_s"]
         print(f"{arch:9s} {name:12s} {v['median']:9.2f} views/s (min {v['min']:.2f}, max {v['max']:.2f}; "
               f"{1000 * out[name]['median_s']:.1f} ms per batch of {args.batch})", flush=True)
+    if args.profile:
+        out["profile"] = {name: profile_ops(step, args.profile) for name, step in steps.items()}
+        for name, ops in out["profile"].items():
+            print(f"{arch:9s} {name:12s} " + ", ".join(f"{o['op']} {100 * o['self_cpu_share']:.0f}% ({o['calls']} calls)"
+                                                      for o in ops), flush=True)
     out["ratio_vclip_over_hf"] = out["vclip"]["views_per_s"]["median"] / out["transformers"]["views_per_s"]["median"]
     print(f"{arch:9s} ratio vclip / transformers: {out['ratio_vclip_over_hf']:.3f} "
           f"(logits agree: fp32 rel. err. {check['rel_err_vclip_vs_hf_fp32']:.1e}, {args.dtype} {agree:.1e})")
@@ -272,6 +291,8 @@ def main(argv=None) -> int:
                     help="inductor freezing: weights folded in as constants (CPU: prepacked for oneDNN)")
     ap.add_argument("--interleave", action="store_true",
                     help="time the two in alternating rounds (one run of each per round) instead of one after the other")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="after timing, profile one call of each and record its N costliest operators (self CPU time)")
     ap.add_argument("--warmup", type=int, default=None, help="default 3 on CUDA, 1 on the CPU")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--iters", type=int, default=None, help="calls per timed run (default 10 CUDA, 1 CPU)")

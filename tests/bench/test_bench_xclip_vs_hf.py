@@ -33,7 +33,7 @@ def fresh_dynamo():
 def test_vclip_alone_compiled_and_timed_interleaved(tmp_path):
     out = tmp_path / "r.json"
     args = TINY + ["--repeats", "3", "--interleave", "--compile", "vclip", "--compile-backend", "aot_eager",
-                   "--json", str(out)]
+                   "--profile", "3", "--json", str(out)]
     assert bench.main(args) == 0
     rec = json.loads(out.read_text())
     (r,) = rec["results"]
@@ -49,6 +49,23 @@ def test_vclip_alone_compiled_and_timed_interleaved(tmp_path):
     assert r["ratio_vclip_over_hf"] == pytest.approx(
         r["vclip"]["views_per_s"]["median"] / r["transformers"]["views_per_s"]["median"])
     assert r["rel_err_fp32_timed_paths"] < 1e-5  # the compiled path gives the eager logits
+    for name in ("vclip", "transformers"):
+        ops = r["profile"][name]
+        assert len(ops) == 3 and all(o["calls"] >= 1 for o in ops)
+        shares = [o["self_cpu_share"] for o in ops]
+        assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-9
+
+
+def test_profile_shares_and_order():
+    def step():
+        a = torch.randn(256, 256)
+        for _ in range(4):
+            a = a @ a.t() / 256
+        return a.sum()
+
+    ops = bench.profile_ops(step, 2)
+    assert ops[0]["op"] in ("aten::mm", "aten::matmul") and ops[0]["calls"] == 4
+    assert ops[0]["self_cpu_share"] >= ops[1]["self_cpu_share"] and ops[0]["self_cpu_share"] > 0.3
 
 
 def test_compile_without_a_target_compiles_both(monkeypatch):
